@@ -1,0 +1,296 @@
+"""The model package: every variant, exact parameter counts, the published numerics, state, checkpoints, autocast."""
+import functools
+import re
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import models
+from models.neuron import cupy_available, resolve_backend
+
+# SPEC section 3: (registered name, extra kwargs, exact parameter count without the unused LayerNorms)
+PARAM_COUNTS = [
+    ('spikingformer_8_384', {}, 16_816_024),
+    ('spikingformer_8_512', {}, 29_689_384),
+    ('spikingformer_8_768', {}, 66_338_632),
+    ('spikingformer_cifar_4_256', {}, 4_152_106),
+    ('spikingformer_cifar_2_384', {}, 5_762_746),
+    ('spikingformer_cifar_4_384', {}, 9_320_122),
+    ('spikingformer_cifar_4_384', {'num_classes': 100, 'num_heads': 8}, 9_354_772),
+    ('spikingformer_dvs_2_256', {}, 2_566_923),
+    ('spikingformer_dvs_2_256', {'num_classes': 10}, 2_566_666),
+]
+
+
+def _small_input(model, batch=2):
+    """A small input of the model's kind: spatial size is free (tokens follow the input), so keep it tiny."""
+    side = 4 * model.patch_size
+    if model.events:
+        return torch.rand(batch, model.T, model.in_channels, side, side).round() * 3
+    return torch.randn(batch, model.in_channels, side, side)
+
+
+@pytest.mark.parametrize('name,kwargs,count', PARAM_COUNTS)
+def test_parameter_count(name, kwargs, count):
+    model = timm.create_model(name, **kwargs)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+def test_every_published_variant_is_registered():
+    assert set(models.VARIANTS) <= set(timm.list_models('spikingformer*'))
+    assert 'Spikingformer' in timm.list_models('Spikingformer')
+
+
+@pytest.mark.parametrize('name', models.VARIANTS)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **({'T': 2} if 'dvs' in name else {}))
+    for m in model.modules():  # at init and with few tokens the attention LIF may stay silent; excite it
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.constant_(m.bias, 0.5)
+    model.train()
+    x = _small_input(model)
+    out = model(x)
+    assert out.shape == (2, model.num_classes)
+    out.square().sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        if p.dim() > 1:  # weights; biases right before a BatchNorm have a true gradient of zero
+            assert p.grad.abs().sum() > 0, pname
+
+
+def test_imagenet_8_768_on_a_full_image():
+    model = timm.create_model('spikingformer_8_768')
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def _published_to_own(name):
+    return models.checkpoint._rename(name)
+
+
+def _tiny_reference_model(reference):
+    model = timm.create_model('Spikingformer', **reference['kwargs'])
+    model.load_state_dict(models.checkpoint_filter_fn(reference['state_dict'], model), strict=True)
+    return model
+
+
+def test_reference_eval_logits_and_firing_rates(reference):
+    model = _tiny_reference_model(reference).eval()
+    rates = {}
+    own_to_published = {}
+    for name, module in model.named_modules():
+        if isinstance(module, models.LIF):
+            module.register_forward_hook(functools.partial(
+                lambda n, m, i, o: rates.__setitem__(n, o.float().mean().item()), name))
+    for published in reference['lif_rates']:
+        own = re.sub(r'^patch_embed\.block([1-4])_lif$', lambda m: f'patch_embed.stages.{int(m[1]) - 1}.lif',
+                     published)
+        own_to_published[own] = published
+    with torch.no_grad():
+        logits = model(reference['input'])
+    torch.testing.assert_close(logits, reference['logits_eval'], atol=1e-4, rtol=0)
+    assert set(own_to_published) == set(rates)
+    for own, published in own_to_published.items():
+        assert rates[own] == pytest.approx(reference['lif_rates'][published], abs=1e-6), own
+
+
+def test_reference_train_logits_loss_and_gradients(reference):
+    model = _tiny_reference_model(reference).train()
+    logits = model(reference['input'])
+    torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
+    loss = nn.functional.cross_entropy(logits, reference['target'])
+    assert loss.item() == pytest.approx(float(reference['loss']), abs=1e-5)
+    loss.backward()
+    params = dict(model.named_parameters())
+    floor = 1e-4 * max(g.norm() for g in reference['grads'].values())
+    checked = 0
+    for name, expected in reference['grads'].items():
+        own = _published_to_own(name)
+        if own not in params:  # the unused LayerNorms, not built here
+            assert re.match(r'block\.\d+\.norm[12]\.', own), name
+            continue
+        err = (params[own].grad - expected).norm() / max(expected.norm(), floor)
+        assert err < 1e-3, (name, err.item())
+        checked += 1
+    assert checked == len(params)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_no_state_leaks_between_calls(reference, training):
+    model = _tiny_reference_model(reference).train(training)
+    a, b = reference['input'][:3], reference['input'][3:]
+    fresh = _tiny_reference_model(reference).train(training)
+    with torch.no_grad():
+        expected = fresh(b)
+        model(a)
+        model(a * 3)
+        torch.testing.assert_close(model(b), expected, atol=0, rtol=0)
+
+
+def test_reset_net_stays_harmless(reference):
+    from spikingjelly.activation_based import functional
+    model = _tiny_reference_model(reference).eval()
+    with torch.no_grad():
+        first = model(reference['input'])
+        functional.reset_net(model)
+        torch.testing.assert_close(model(reference['input']), first, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize('tau,threshold', [(2.0, 1.0), (1.5, 1.0), (2.0, 0.5)])
+def test_lif_follows_the_spec_recurrence(tau, threshold):
+    torch.manual_seed(1)
+    x = torch.randn(6, 4, 50) * 2
+    neuron = models.lif(tau=tau, v_threshold=threshold)
+    spikes = neuron(x)
+    v = torch.zeros_like(x[0])
+    for t in range(x.shape[0]):  # SPEC section 1, dividing by tau
+        h = v + (x[t] - v) / tau
+        s = (h >= threshold).float()
+        v = h * (1 - s)
+        assert torch.equal(spikes[t], s), t
+
+
+def test_backend_choice():
+    x = torch.randn(2, 3)
+    assert resolve_backend('auto', x) != 'cupy'  # CPU input never goes to the CuPy kernel
+    assert resolve_backend('torch', x) == 'torch'
+    with pytest.raises(ValueError, match='unknown neuron backend'):
+        models.lif(backend='cuda')
+    if cupy_available():
+        with pytest.raises(RuntimeError, match='CUDA tensor'):
+            resolve_backend('cupy', x)
+    else:
+        with pytest.raises(RuntimeError, match='CuPy is not installed'):
+            models.lif(backend='cupy')
+    model = timm.create_model('spikingformer_cifar_2_384', backend='torch')
+    assert {m.requested_backend for m in model.modules() if isinstance(m, models.LIF)} == {'torch'}
+    models.set_backend(model, 'auto')
+    assert {m.requested_backend for m in model.modules() if isinstance(m, models.LIF)} == {'auto'}
+
+
+def test_generic_entry_point_takes_the_published_keywords():
+    model = timm.create_model(
+        'Spikingformer', pretrained=False, drop_rate=0., drop_path_rate=0.1, drop_block_rate=None,
+        img_size_h=32, img_size_w=32, patch_size=4, embed_dims=384, num_heads=12, mlp_ratios=4, in_channels=3,
+        num_classes=10, qkv_bias=False, qk_scale=None, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6),
+        depths=4, sr_ratios=1, T=4, pretrained_cfg_overlay={}, cache_dir=None)
+    assert model.layout == 'cifar'
+    assert sum(p.numel() for p in model.parameters()) == 9_320_122
+    with pytest.raises(ValueError, match='patch size'):
+        timm.create_model('Spikingformer', layout='cifar', patch_size=16)
+    with pytest.raises(TypeError):
+        timm.create_model('spikingformer_8_384', not_a_keyword=1)
+    with pytest.raises(RuntimeError, match='load_checkpoint'):
+        timm.create_model('spikingformer_8_384', pretrained=True)
+
+
+def test_dvs_model_takes_event_frames_and_checks_T():
+    model = timm.create_model('spikingformer_dvs_2_256', T=3, embed_dims=64, num_heads=4)
+    assert model.tau == 1.5 and all(m.tau == 1.5 for m in model.modules() if isinstance(m, models.LIF))
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 2, 32, 32)).shape == (2, 11)
+    with pytest.raises(ValueError, match='time steps'):
+        model(torch.rand(2, 4, 2, 32, 32))
+    with pytest.raises(ValueError, match=r'\[B, T, C, H, W\]'):
+        model(torch.rand(2, 2, 32, 32))
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+
+def _as_published_imagenet(state):
+    """Our names -> the published ImageNet/DVS tokenizer names, plus the unused LayerNorm tensors."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace('patch_embed.stem_', 'patch_embed.proj_')
+        key = re.sub(r'^patch_embed\.stages\.(\d)\.(conv|bn)\.', lambda m: f'patch_embed.proj{int(m[1]) + 1}_{m[2]}.',
+                     key)
+        out[key] = value
+    dims = state['head.weight'].shape[1]
+    for i in range(len({k.split('.')[1] for k in state if k.startswith('block.')})):
+        for norm in ('norm1', 'norm2'):
+            out[f'block.{i}.{norm}.weight'] = torch.ones(dims)
+            out[f'block.{i}.{norm}.bias'] = torch.zeros(dims)
+    return out
+
+
+def _small_imagenet_model(seed):
+    torch.manual_seed(seed)
+    model = timm.create_model('Spikingformer', layout='imagenet', embed_dims=32, num_heads=2, depths=2,
+                              num_classes=5, img_size_h=32, img_size_w=32)
+    for m in model.modules():  # non-trivial BatchNorm statistics so that the outputs tell models apart
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize('wrap', ['raw', 'state_dict', 'state_dict_ema', 'model', 'module_prefix'])
+def test_filter_loads_published_imagenet_layout(wrap):
+    source, target = _small_imagenet_model(0), _small_imagenet_model(1)
+    published = _as_published_imagenet(source.state_dict())
+    assert 'patch_embed.proj3_conv.weight' in published and 'block.1.norm2.bias' in published
+    if wrap == 'module_prefix':
+        checkpoint = {'state_dict': {f'module.{k}': v for k, v in published.items()}, 'epoch': 3}
+    elif wrap == 'raw':
+        checkpoint = published
+    else:
+        checkpoint = {wrap: published, 'epoch': 3}
+    target.load_state_dict(models.checkpoint_filter_fn(checkpoint, target), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x), atol=0, rtol=0)
+
+
+def test_filter_prefers_ema_only_when_asked():
+    model = _small_imagenet_model(0)
+    plain, ema = model.state_dict(), {k: v.clone() for k, v in model.state_dict().items()}
+    ema['head.bias'] = ema['head.bias'] + 1
+    checkpoint = {'state_dict': plain, 'state_dict_ema': ema}
+    assert torch.equal(models.checkpoint_filter_fn(checkpoint, model)['head.bias'], plain['head.bias'])
+    assert torch.equal(models.checkpoint_filter_fn(checkpoint, model, use_ema=True)['head.bias'], ema['head.bias'])
+    with pytest.raises(models.CheckpointError, match='state_dict_ema'):
+        models.checkpoint_filter_fn({'state_dict': plain}, model, use_ema=True)
+
+
+def test_filter_names_what_disagrees_for_another_architecture():
+    small = timm.create_model('spikingformer_cifar_4_256')
+    large = timm.create_model('spikingformer_cifar_4_384')
+    with pytest.raises(models.CheckpointError, match=r'shape mismatch \(\d+\): patch_embed\.stem_conv\.weight'):
+        models.checkpoint_filter_fn({'state_dict': small.state_dict()}, large)
+    shallow = timm.create_model('spikingformer_cifar_2_384')
+    with pytest.raises(models.CheckpointError, match=r'missing \(\d+\): block\.2\.'):
+        models.checkpoint_filter_fn(shallow.state_dict(), large)
+
+
+def test_load_checkpoint_file_errors(tmp_path, reference):
+    model = _tiny_reference_model(reference)
+    with pytest.raises(models.CheckpointError, match='not found'):
+        models.load_checkpoint(model, str(tmp_path / 'nope.pth.tar'))
+    good = tmp_path / 'good.pth.tar'
+    torch.save({'state_dict': reference['state_dict'], 'epoch': 1}, good)
+    truncated = tmp_path / 'truncated.pth.tar'
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(models.CheckpointError, match='truncated or corrupt'):
+        models.load_checkpoint(model, str(truncated))
+    assert models.load_checkpoint(model, str(good))['epoch'] == 1
+
+
+# ---- autocast --------------------------------------------------------------------------------------------------
+
+def test_bf16_autocast_on_cpu(reference):
+    model = _tiny_reference_model(reference).train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = model(reference['input'])
+    assert torch.isfinite(logits).all()
+    nn.functional.cross_entropy(logits.float(), reference['target']).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        low = model(reference['input']).float()
+    # bf16 rounds every convolution's output (about 3 significant digits) and may flip a few spikes; the logits
+    # (of order 1) stay within a few bf16 steps of float32's
+    assert (low - reference['logits_eval']).abs().max() < 0.1
