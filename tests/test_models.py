@@ -282,15 +282,15 @@ def test_load_checkpoint_file_errors(tmp_path, reference):
 # ---- autocast --------------------------------------------------------------------------------------------------
 
 def test_bf16_autocast_on_cpu(reference):
-    model = _tiny_reference_model(reference).train()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        logits = model(reference['input'])
-    assert torch.isfinite(logits).all()
-    nn.functional.cross_entropy(logits.float(), reference['target']).backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    model.eval()
+    model = _tiny_reference_model(reference).eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         low = model(reference['input']).float()
     # bf16 rounds every convolution's output (about 3 significant digits) and may flip a few spikes; the logits
     # (of order 1) stay within a few bf16 steps of float32's
     assert (low - reference['logits_eval']).abs().max() < 0.1
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits = model(reference['input'])
+    assert torch.isfinite(logits).all()
+    nn.functional.cross_entropy(logits.float(), reference['target']).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
