@@ -56,8 +56,14 @@ class PrepareError(Exception):
 
 
 def save_sample(path, ev):
-    """One sample as SpikingJelly stores it (``np.savez_compressed`` with keys t, x, y, p)."""
-    np.savez_compressed(path, t=ev['t'], x=ev['x'], y=ev['y'], p=ev['p'])
+    """One sample as SpikingJelly stores it: a deflated ``.npz`` with the arrays t, x, y, p.
+
+    Written like ``np.savez_compressed`` but at zlib level 1, which is about six times faster than its
+    level 6 and compresses event arrays almost as well (compression, not decoding, bounds this script)."""
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for key in 'txyp':
+            with zf.open(key + '.npy', 'w', force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(ev[key]), allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------------------------- DVS128 Gesture
