@@ -1,0 +1,17 @@
+"""The paper's energy estimate (SPEC section 6) for any Spikingformer, found from the model with forward hooks.
+
+``estimate_energy(model, batches)`` evaluates the model once and returns an :class:`EnergyReport`: per sample,
+MACs (layers on real-valued input: the first convolution over all T steps, the head), ACs (layers on spikes, times
+the input firing rate, and the attention products), energy ``4.6 pJ x MACs + 0.9 pJ x ACs``, and one entry per
+counted operation. No per-model tables and no module names: layer kinds come from where each input was produced.
+"""
+from .counter import EnergyCounter, dense_ops, neuron_types
+from .estimate import estimate_energy
+from .paper import PAPER, PaperRow, paper_row
+from .report import AttentionRates, EnergyReport, LayerEnergy
+
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
+
+__all__ = ['AttentionRates', 'E_AC_PJ', 'E_MAC_PJ', 'EnergyCounter', 'EnergyReport', 'LayerEnergy', 'PAPER',
+           'PaperRow', 'dense_ops', 'estimate_energy', 'neuron_types', 'paper_row']

@@ -1,0 +1,58 @@
+"""``estimate_energy``: one evaluation pass that also counts operations (SPEC section 6)."""
+import contextlib
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from .counter import EnergyCounter
+from .report import EnergyReport
+
+
+def _split(batch):
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def _correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if target.dim() == output.dim():  # soft or one-hot targets
+        target = target.argmax(-1)
+    return (output.argmax(-1) == target.to(output.device)).sum()
+
+
+def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = 4.6, e_ac_pj: float = 0.9,
+                    rate_average: str = 'samples', device: Optional[torch.device] = None,
+                    autocast_dtype: Optional[torch.dtype] = None) -> EnergyReport:
+    """Run ``model`` in eval mode over ``batches`` and return the per-sample energy estimate.
+
+    ``batches`` yields ``(input, target)`` pairs (``target`` may be ``None``) or bare inputs: images
+    ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``. Inputs go to ``device`` (default: the model's). Top-1 is
+    reported when every batch has targets. ``rate_average`` is explained in :class:`EnergyCounter`;
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast. The model's training flag is
+    restored and every hook removed afterwards; the model's outputs are those of a plain evaluation.
+    """
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device('cpu')
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct, with_targets, seen = None, True, 0
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    try:
+        with EnergyCounter(model, rate_average=rate_average) as counter, torch.no_grad(), amp:
+            for batch in batches:
+                x, target = _split(batch)
+                output = model(x.to(device, non_blocking=True))
+                seen += x.shape[0]
+                if target is None:
+                    with_targets = False
+                elif with_targets:
+                    hits = _correct(output, target)
+                    correct = hits if correct is None else correct + hits
+    finally:
+        model.train(was_training)
+    top1 = 100.0 * correct.item() / seen if with_targets and correct is not None else None
+    return counter.report(e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, top1=top1)

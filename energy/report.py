@@ -1,0 +1,113 @@
+"""The energy report: per-sample totals and one entry per counted operation, as a dataclass, JSON and Markdown."""
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence
+
+from .paper import PaperRow
+
+
+@dataclass
+class LayerEnergy:
+    """One counted operation, per sample.
+
+    ``kind`` is 'mac' (real-valued input, counted dense: ``firing_rate`` is 1 by convention) or 'ac' (spike input).
+    ``firing_rate`` is the fraction of ones in the input over all evaluated samples (for the attention products:
+    ``min(r_k, r_v)`` for ``K^T V`` and ``r_q`` for ``Q (K^T V)``). ``ops = dense_ops * firing_rate`` up to the
+    per-batch summation of the published rule (identical when every batch has the same shapes).
+    """
+    name: str
+    kind: str
+    dense_ops: float
+    firing_rate: float
+    ops: float
+    energy_mj: float
+
+
+@dataclass
+class AttentionRates:
+    """Firing rates of one spiking self-attention's Q, K and V neurons and the shape of its products."""
+    name: str
+    heads: int
+    T: int
+    tokens: int
+    head_dim: int
+    rate_q: float
+    rate_k: float
+    rate_v: float
+
+
+@dataclass
+class EnergyReport:
+    """Per-sample operation counts and energy, averaged over ``samples`` evaluated samples (SPEC section 6).
+
+    ``energy_mj = (e_mac_pj * mac_ops + e_ac_pj * ac_ops) * 1e-9``; ``top1`` is in percent, ``None`` without
+    targets.
+    """
+    samples: int
+    mac_ops: float
+    ac_ops: float
+    energy_mj: float
+    top1: Optional[float]
+    layers: List[LayerEnergy]
+    attention: List[AttentionRates] = field(default_factory=list)
+    e_mac_pj: float = 4.6
+    e_ac_pj: float = 0.9
+    rate_average: str = 'samples'
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[LayerEnergy], samples: int, top1: Optional[float], e_mac_pj: float,
+                    e_ac_pj: float, attention: Sequence[AttentionRates] = (),
+                    rate_average: str = 'samples') -> 'EnergyReport':
+        mac = sum(layer.ops for layer in layers if layer.kind == 'mac')
+        ac = sum(layer.ops for layer in layers if layer.kind == 'ac')
+        return cls(samples=samples, mac_ops=mac, ac_ops=ac, energy_mj=(mac * e_mac_pj + ac * e_ac_pj) * 1e-9,
+                   top1=top1, layers=list(layers), attention=list(attention), e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
+                   rate_average=rate_average)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self, title: str = 'Energy estimate', paper: Optional[PaperRow] = None,
+                    details: Sequence[str] = ()) -> str:
+        """A Markdown page: totals, the paper's numbers beside ours (when ``paper`` is given), Q/K/V firing rates
+        per block and the per-layer table. ``details`` are extra lines placed under the title (config, data)."""
+        lines = [f'# {title}', '']
+        lines += [f'- {d}' for d in details]
+        lines += [f'- samples: {self.samples}; E_MAC = {self.e_mac_pj} pJ, E_AC = {self.e_ac_pj} pJ (45 nm); '
+                  f'counts and energy are per sample', '']
+        lines += ['## Totals', '', '| | ours |' + (' paper |' if paper else ''),
+                  '|---|---|' + ('---|' if paper else '')]
+
+        def row(label, ours, theirs=None):
+            return f'| {label} | {ours} |' + (f' {theirs if theirs is not None else "-"} |' if paper else '')
+
+        top1 = f'{self.top1:.2f}%' if self.top1 is not None else '-'
+        lines.append(row('top-1', top1, f'{paper.top1:.2f}%' if paper and paper.top1 is not None else None))
+        lines.append(row('MAC ops', f'{self.mac_ops / 1e9:.6f} G',
+                         f'{paper.mac_ops / 1e9:.6f} G' if paper and paper.mac_ops else None))
+        lines.append(row('AC ops', f'{self.ac_ops / 1e9:.4f} G',
+                         f'{paper.ac_ops / 1e9:.2f} G' if paper and paper.ac_ops else None))
+        lines.append(row('energy', f'{self.energy_mj:.4f} mJ', f'{paper.energy_mj:.2f} mJ' if paper else None))
+        if paper:
+            lines += ['', f'Paper: {paper.source}.']
+            if paper.note:
+                lines += ['', paper.note]
+        lines.append('')
+
+        if self.attention:
+            lines += ['## Q/K/V firing rates per block', '',
+                      f'Rates pooled over {"batches (published rule)" if self.rate_average == "batches" else "all samples"}.',
+                      '', '| attention | heads | T | tokens N | d | r_q | r_k | r_v |', '|---|---|---|---|---|---|---|---|']
+            for a in self.attention:
+                lines.append(f'| {a.name} | {a.heads} | {a.T} | {a.tokens} | {a.head_dim} | {a.rate_q:.2%} | '
+                             f'{a.rate_k:.2%} | {a.rate_v:.2%} |')
+            lines.append('')
+
+        total = self.energy_mj or 1.0
+        lines += ['## Per layer', '', '| # | operation | kind | dense ops (M) | input firing rate | ops (M) | '
+                  'energy (mJ) | share |', '|---|---|---|---|---|---|---|---|']
+        for i, layer in enumerate(self.layers):
+            rate = f'{layer.firing_rate:.2%}' if layer.kind == 'ac' else 'dense'
+            lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {layer.dense_ops / 1e6:.3f} | {rate} | '
+                         f'{layer.ops / 1e6:.3f} | {layer.energy_mj:.5f} | {layer.energy_mj / total:.1%} |')
+        lines.append('')
+        return '\n'.join(lines)
