@@ -12,16 +12,24 @@ detach_reset, surrogate ``Sigmoid(alpha=4)``), which computes exactly what the p
   batch. :class:`LIF` starts every forward from ``v = 0``, so a forward never depends on an earlier one.
   Calling ``reset_net`` stays harmless.
 * **Backend per call.** The published code hard-codes ``backend='cupy'`` and so crashes on any machine without
-  CuPy or a GPU. Here ``backend='auto'`` picks SpikingJelly's CuPy kernel only when the input is on CUDA, CuPy
-  imports and the dtype has a CuPy kernel (float32, float16); otherwise the plain ``torch`` backend, which gives
-  the same spikes and gradients on any device.
+  CuPy or a GPU. Backends here:
+
+  - ``'torch'``: SpikingJelly's plain PyTorch backend, any device; the baseline the others are checked against.
+  - ``'cupy'``: SpikingJelly's CuPy CUDA kernel (float32 and float16 only; needs CuPy).
+  - ``'fused'``: :mod:`models.fused_lif`, one autograd node per neuron with a hand-written backward, any device and
+    dtype. Same spikes as ``'torch'`` bit for bit (same operations in the same order and dtype, true division by
+    tau), gradients equal up to float rounding, a fraction of the memory and of the time.
+  - ``'auto'`` (default): ``'cupy'`` where the published code ran (CUDA input, CuPy importable, float32 or float16),
+    ``'fused'`` everywhere else (CPU, CUDA without CuPy, bfloat16).
 """
 import functools
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
 
-BACKENDS = ('auto', 'torch', 'cupy')
+from .fused_lif import fused_lif
+
+BACKENDS = ('auto', 'torch', 'cupy', 'fused')
 _CUPY_DTYPES = (torch.float32, torch.float16)  # SpikingJelly's CuPy LIF kernel has no bfloat16 path
 
 
@@ -41,28 +49,31 @@ def check_backend(backend: str) -> str:
     if backend == 'cupy' and not cupy_available():
         raise RuntimeError("neuron backend 'cupy' was requested but CuPy is not installed (or does not import). "
                            "Install the CuPy wheel matching your CUDA (e.g. `pip install cupy-cuda12x`) or use "
-                           "backend 'auto' or 'torch', which run anywhere with the same results.")
+                           "backend 'auto', 'fused' or 'torch', which run anywhere with the same results.")
     return backend
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The SpikingJelly backend that runs input ``x`` for the requested ``backend``."""
-    if backend == 'torch':
-        return 'torch'
+    """The backend ('torch', 'cupy' or 'fused') that runs input ``x`` for the requested ``backend``."""
+    if backend in ('torch', 'fused'):
+        return backend
     runs_on_cupy = x.is_cuda and x.dtype in _CUPY_DTYPES and cupy_available()
     if backend == 'cupy':
         if not runs_on_cupy:
             raise RuntimeError(f"neuron backend 'cupy' cannot run a {x.dtype} tensor on {x.device}: the CuPy "
-                               f"kernel needs a CUDA tensor of float32 or float16. Use backend 'auto' or 'torch'.")
+                               f"kernel needs a CUDA tensor of float32 or float16. Use backend 'auto', 'fused' or "
+                               f"'torch'.")
         return 'cupy'
-    return 'cupy' if runs_on_cupy else 'torch'
+    return 'cupy' if runs_on_cupy else 'fused'
 
 
 class LIF(neuron.LIFNode):
     """Multi-step LIF (``[T, ...]`` in, spikes ``[T, ...]`` out) that starts from ``v = 0`` on every call.
 
-    ``requested_backend`` is what the user asked for ('auto', 'torch' or 'cupy'); SpikingJelly's own ``backend``
-    attribute is set from it at each call, from the input's device and dtype.
+    ``requested_backend`` is what the user asked for ('auto', 'torch', 'cupy' or 'fused'); at each call it is resolved
+    from the input's device and dtype (:func:`resolve_backend`). 'torch' and 'cupy' run SpikingJelly's own forward
+    (its ``backend`` attribute is set accordingly); 'fused' runs :func:`models.fused_lif.fused_lif` and leaves the
+    SpikingJelly state untouched (``v`` stays at its reset value: no state outlives a call anyway).
     """
 
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, backend: str = 'auto'):
@@ -73,7 +84,10 @@ class LIF(neuron.LIFNode):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.reset()
-        self.backend = resolve_backend(self.requested_backend, x_seq)
+        backend = resolve_backend(self.requested_backend, x_seq)
+        if backend == 'fused':
+            return fused_lif(x_seq, self.tau, self.v_threshold, self.surrogate_function.alpha)
+        self.backend = backend
         return super().forward(x_seq)
 
     def extra_repr(self) -> str:
@@ -86,7 +100,7 @@ def lif(tau: float = 2.0, v_threshold: float = 1.0, backend: str = 'auto') -> LI
 
 
 def set_backend(model: torch.nn.Module, backend: str) -> torch.nn.Module:
-    """Set the backend of every neuron in ``model`` ('auto', 'torch' or 'cupy'); returns the model."""
+    """Set the backend of every neuron in ``model`` ('auto', 'torch', 'cupy' or 'fused'); returns the model."""
     check_backend(backend)
     for module in model.modules():
         if isinstance(module, LIF):
