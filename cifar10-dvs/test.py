@@ -1,0 +1,21 @@
+"""Evaluate a CIFAR10-DVS checkpoint on the test split.
+
+    python cifar10-dvs/test.py --checkpoint PATH [--data-dir ROOT] [--output DIR] [--key value ...]
+
+A checkpoint written by train.py brings its own config (T, model, data); any other uses cifar10dvs.yml unless --config
+says otherwise. Prints top-1, top-5 and the loss, and writes results.json (with ``samples``, the number of
+evaluated samples) into --output.
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models` and `utils`
+
+from utils.errors import run_cli  # noqa: E402
+from utils.main import test_main  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(HERE, 'cifar10dvs.yml')
+
+if __name__ == '__main__':
+    run_cli(lambda argv: test_main(argv, DEFAULT_CONFIG))

@@ -1,0 +1,95 @@
+"""End to end on tiny synthetic event data: prepare_dvs.py --synthetic, one epoch of each DVS train.py (the
+published recipe's keys, shrunk: tiny model, T=2, a few batches), resume, then test.py and results.json."""
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils import main as engine  # (not `from ... import test_main`: pytest would collect it)
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location('prepare_dvs', REPO / 'scripts' / 'prepare_dvs.py')
+prepare_dvs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prepare_dvs)
+
+CONFIGS = {'dvs128-gesture': REPO / 'dvs128-gesture' / 'dvs128gesture.yml',
+           'cifar10-dvs': REPO / 'cifar10-dvs' / 'cifar10dvs.yml'}
+TINY = ['-T', '2', '--embed-dims', '32', '--depths', '1', '--num-heads', '2', '--batch-size', '4',
+        '--val-batch-size', '8', '--workers', '0', '--cooldown-epochs', '0', '--warmup-epochs', '0', '--no-amp',
+        '--neuron-backend', 'torch']
+
+
+@pytest.fixture(scope='module')
+def synthetic_roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp('dvs')
+    roots = {}
+    for dataset, per_class in (('dvs128-gesture', 2), ('cifar10-dvs', 10)):
+        raw, root = base / f'{dataset}-raw', base / dataset
+        assert prepare_dvs.main([dataset, '--synthetic', '--raw', str(raw), '--root', str(root),
+                                 '--per-class', str(per_class), '--no-progress']) == 0
+        roots[dataset] = root
+    return roots
+
+
+def test_published_configs_hold_the_recipe():
+    for path in list(CONFIGS.values()) + [REPO / 'dvs128-gesture' / 'dvs128gesture_t10.yml',
+                                          REPO / 'cifar10-dvs' / 'cifar10dvs_t10.yml']:
+        cfg = yaml.safe_load(path.read_text())
+        gesture = cfg['dataset'] == 'dvs128-gesture'
+        assert cfg['time_steps'] == (10 if '_t10' in path.name else 16)
+        assert (cfg['model'], cfg['embed_dims'], cfg['depths'], cfg['num_heads']) == ('spikingformer_dvs_2_256', 256, 2, 16)
+        assert cfg['num_classes'] == (11 if gesture else 10) and cfg['epochs'] == (192 if gesture else 96)
+        assert (cfg['seed'], cfg['batch_size'], cfg['lr'], cfg['weight_decay'], cfg['opt']) == (2021, 16, 1e-3, 0.06, 'adamw')
+        assert (cfg['sched'], cfg['warmup_epochs'], cfg['warmup_lr'], cfg['min_lr'], cfg['cooldown_epochs']) == \
+            ('cosine', 10, 1e-5, 1e-5, 10)
+        assert (cfg['mixup'], cfg['cutmix'], cfg['mixup_prob'], cfg['mixup_switch_prob'], cfg['mixup_mode'],
+                cfg['mixup_off_epoch'], cfg['smoothing']) == (0.5, 0.0, 0.5, 0.5, 'batch', 75, 0.1)
+        assert cfg['dvs_augment'] is True and cfg['amp'] is True
+
+
+@pytest.mark.parametrize('dataset', ['dvs128-gesture', 'cifar10-dvs'])
+def test_one_epoch_then_resume_then_test_py(synthetic_roots, tmp_path, dataset):
+    root = synthetic_roots[dataset]
+    run = tmp_path / 'run'
+    # mixup on (the recipe's values) so the batch mixup path runs on event frames
+    best = engine.train_main(['--data-dir', str(root), '--output', str(run), '--epochs', '1',
+                              '--limit-train-batches', '2'] + TINY, str(CONFIGS[dataset]))
+    assert best['best_epoch'] == 0
+    for name in ('args.yaml', 'summary.csv', 'log.txt', 'last.pth.tar', 'model_best.pth.tar',
+                 'train_files.txt', 'test_files.txt'):
+        assert (run / name).is_file(), name
+    train_files = (run / 'train_files.txt').read_text().split()
+    test_files = (run / 'test_files.txt').read_text().split()
+    events = root / 'events_np'
+    if dataset == 'dvs128-gesture':  # the trials files decide: recordings of user01 train, of user02 test
+        assert all(f.startswith('events_np/train/') for f in train_files)
+        assert all(f.startswith('events_np/test/') for f in test_files)
+        assert len(train_files) == len(test_files) == 11
+    else:  # 10 per class: the first ceil(0.9 * 10) = 9 in sorted order train, the last one test
+        for cls_dir in sorted(events.iterdir()):
+            names = sorted(p.name for p in cls_dir.glob('*.npz'))
+            cut = math.ceil(0.9 * len(names))
+            assert [f for f in train_files if f.split('/')[1] == cls_dir.name] == \
+                [f'events_np/{cls_dir.name}/{n}' for n in names[:cut]]
+            assert [f for f in test_files if f.split('/')[1] == cls_dir.name] == \
+                [f'events_np/{cls_dir.name}/{n}' for n in names[cut:]]
+    assert all((root / f).is_file() for f in train_files + test_files)
+    assert not set(train_files) & set(test_files)
+
+    # resume continues with the next epoch in the same run folder
+    engine.train_main(['--resume', str(run / 'last.pth.tar'), '--data-dir', str(root), '--output', str(run),
+                       '--epochs', '2', '--limit-train-batches', '1'] + TINY, str(CONFIGS[dataset]))
+    with open(run / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [0, 1]
+
+    out = tmp_path / 'test'
+    results = engine.test_main(['--checkpoint', str(run / 'last.pth.tar'), '--output', str(out)], str(CONFIGS[dataset]))
+    saved = json.loads((out / 'results.json').read_text())
+    assert saved['samples'] == len(test_files) == results['samples']
+    assert saved['dataset'] == dataset
+    assert saved['top1'] == pytest.approx(float(rows[-1]['eval_top1']))
