@@ -1,0 +1,1 @@
+"""The engine shared by every entry point: config, data, model, training loop, checkpoints, distributed."""

@@ -1,0 +1,334 @@
+"""Configuration: one schema, a YAML file, then ``--key value`` overrides from the command line.
+
+Every key of every entry point is declared once, in :data:`SCHEMA`, with its default, type and a line of help; a
+script may add its own keys (``extra_keys``). Precedence: schema defaults < YAML file (``--config PATH``, else the
+script's default file) < command line. Unknown keys, in the file or on the command line, are errors that name the
+closest known key, so a typo never silently trains with a default.
+
+Command line: ``--key value`` or ``--key=value``; ``-`` and ``_`` are equivalent in names (``--batch-size``,
+``--batch_size``); ``-T`` is ``--time-steps``; booleans accept ``--flag``, ``--flag true|false`` and ``--no-flag``;
+lists take several values (``--mean 0.5 0.5 0.5``); ``null`` sets a nullable key to None.
+"""
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or command line that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: default, type (bool, int, float, str or 'floats' for a list of numbers), help."""
+    default: Any
+    kind: Any
+    help: str = ''
+    nullable: bool = False
+    choices: tuple = ()
+    length: Optional[int] = None  # for 'floats'
+
+
+def _k(default, kind, help='', **kw) -> Key:
+    return Key(default, kind, help, **kw)
+
+
+FLOATS = 'floats'
+DATASET_NAMES = ('cifar10', 'cifar100', 'imagenet', 'digits', 'dvs128-gesture', 'cifar10-dvs')
+
+SCHEMA = {
+    # model
+    'model': _k('spikingformer_cifar_4_384', str, 'registered timm model name'),
+    'num_classes': _k(None, int, 'null = the dataset\'s number of classes', nullable=True),
+    'time_steps': _k(4, int, 'simulation time steps T (alias -T)'),
+    'num_heads': _k(None, int, 'null = the variant\'s default', nullable=True),
+    'embed_dims': _k(None, int, 'null = the variant\'s default', nullable=True),
+    'depths': _k(None, int, 'number of encoder blocks; null = the variant\'s default', nullable=True),
+    'neuron_backend': _k('auto', str, 'LIF backend', choices=('auto', 'torch', 'cupy')),
+    # data
+    'dataset': _k('cifar10', str, 'data set', choices=DATASET_NAMES),
+    'data_dir': _k(None, str, 'data folder; null = data/<dataset>', nullable=True),
+    'dataset_download': _k(False, bool, 'download the data set into data_dir if missing (CIFAR)'),
+    'img_size': _k(None, int, 'input size; null = the dataset\'s', nullable=True),
+    'batch_size': _k(64, int, 'training batch size per process'),
+    'val_batch_size': _k(None, int, 'evaluation batch size; null = batch_size', nullable=True),
+    'workers': _k(4, int, 'data loading worker processes per process (0 = in the main process)'),
+    'mean': _k(None, FLOATS, 'normalisation mean; null = the dataset\'s', nullable=True, length=3),
+    'std': _k(None, FLOATS, 'normalisation std; null = the dataset\'s', nullable=True, length=3),
+    'interpolation': _k('bicubic', str, 'resize interpolation', choices=('bicubic', 'bilinear', 'nearest', 'random')),
+    'crop_pct': _k(1.0, float, 'evaluation centre-crop fraction'),
+    'scale': _k((1.0, 1.0), FLOATS, 'random-resized-crop area range', length=2),
+    'ratio': _k((0.75, 4 / 3), FLOATS, 'random-resized-crop aspect range', length=2),
+    'hflip': _k(0.5, float, 'horizontal flip probability'),
+    'color_jitter': _k(0.0, float, 'colour jitter strength (timm ignores it when aa is set)'),
+    'aa': _k(None, str, 'RandAugment/AutoAugment policy, e.g. rand-m9-n1-mstd0.4-inc1; null = off', nullable=True),
+    'reprob': _k(0.25, float, 'random erasing probability'),
+    'remode': _k('const', str, 'random erasing fill', choices=('const', 'rand', 'pixel')),
+    'recount': _k(1, int, 'random erasing count'),
+    'dvs_augment': _k(True, bool, 'per-sample event-frame augmentation (DVS data sets)'),
+    # mixup and loss
+    'mixup': _k(0.0, float, 'mixup alpha (0 = off)'),
+    'cutmix': _k(0.0, float, 'cutmix alpha (0 = off)'),
+    'cutmix_minmax': _k(None, FLOATS, 'cutmix box ratio range; null = from alpha', nullable=True, length=2),
+    'mixup_prob': _k(1.0, float, 'probability of mixing a batch'),
+    'mixup_switch_prob': _k(0.5, float, 'probability of cutmix instead of mixup when both are on'),
+    'mixup_mode': _k('batch', str, 'mixup granularity', choices=('batch', 'pair', 'elem')),
+    'mixup_off_epoch': _k(None, int, 'turn mixup/cutmix off from this epoch on; null = never', nullable=True),
+    'smoothing': _k(0.1, float, 'label smoothing'),
+    # optimisation
+    'opt': _k('adamw', str, 'timm optimizer name'),
+    'opt_eps': _k(1e-8, float, 'optimizer epsilon'),
+    'weight_decay': _k(0.06, float, 'weight decay (not applied to biases and normalisation)'),
+    'lr': _k(5e-4, float, 'peak learning rate (not scaled with the batch size)'),
+    'sched': _k('cosine', str, 'timm scheduler name, stepped once per epoch'),
+    'epochs': _k(300, int, 'epochs of the schedule (cooldown_epochs follow)'),
+    'cooldown_epochs': _k(10, int, 'epochs at min_lr after the schedule'),
+    'warmup_epochs': _k(20, int, 'linear warmup epochs inside the schedule'),
+    'warmup_lr': _k(1e-5, float, 'learning rate at the start of the warmup'),
+    'min_lr': _k(1e-5, float, 'learning rate at the end of the schedule'),
+    'amp': _k(True, bool, 'automatic mixed precision'),
+    'amp_dtype': _k('auto', str, 'auto = float16 (with a gradient scaler) on CUDA, bfloat16 on CPU',
+                    choices=('auto', 'float16', 'bfloat16')),
+    'model_ema': _k(False, bool, 'keep an exponential moving average of the weights'),
+    'model_ema_decay': _k(0.9998, float, 'EMA decay per step'),
+    # run
+    'seed': _k(42, int, 'random seed (each process and epoch derives its own)'),
+    'device': _k('auto', str, 'auto = CUDA when available', choices=('auto', 'cpu', 'cuda')),
+    'threads': _k(None, int, 'CPU threads per process (torch.set_num_threads); null = PyTorch\'s default',
+                  nullable=True),
+    'output': _k(None, str, 'run folder; null = output/<train|test>/<time>-<dataset>-<model>', nullable=True),
+    'resume': _k(None, str, 'continue training from this checkpoint (last.pth.tar of a run)', nullable=True),
+    'checkpoint': _k(None, str, 'checkpoint to evaluate (test.py)', nullable=True),
+    'use_ema': _k(False, bool, 'evaluate the EMA weights of the checkpoint (test.py)'),
+    'log_interval': _k(50, int, 'batches between progress lines when the output is not a terminal'),
+    'limit_train_batches': _k(None, int, 'train on at most this many batches per epoch; null = all', nullable=True),
+    'limit_eval_batches': _k(None, int, 'evaluate at most this many batches; null = all', nullable=True),
+    'local_rank': _k(0, int, 'set by torch.distributed.launch (--local-rank); the LOCAL_RANK variable wins'),
+}
+ALIASES = {'T': 'time_steps'}
+_NULLS = ('null', 'none', '~')
+_TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
+
+
+class Config:
+    """Resolved configuration: attribute access (``cfg.lr``), ``cfg.to_dict()``; ``source`` is the YAML file."""
+
+    def __init__(self, values: Mapping[str, Any], source: Optional[str] = None):
+        object.__setattr__(self, '_values', dict(values))
+        object.__setattr__(self, 'source', source)
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f'no config key {name!r}') from None
+
+    def __setattr__(self, name, value):
+        if name not in self._values:
+            raise AttributeError(f'no config key {name!r}')
+        self._values[name] = value
+
+    def __contains__(self, name):
+        return name in self._values
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._values.items()}
+
+    def __repr__(self):
+        return f'Config({self._values!r})'
+
+
+def _closest(name: str, known) -> str:
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f' (did you mean {match[0]!r}?)' if match else ''
+
+
+def _unknown(name: str, where: str, known) -> ConfigError:
+    return ConfigError(f'unknown config key {name!r} in {where}{_closest(name, known)}.\n'
+                       f'Run with --help for the list of keys.')
+
+
+def convert(name: str, key: Key, value: Any) -> Any:
+    """``value`` (from YAML or the command line) converted to the key's type, or :class:`ConfigError`."""
+    def bad(expected):
+        return ConfigError(f'config key {name!r}: expected {expected}, got {value!r}')
+
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
+        if key.nullable:
+            return None
+        raise bad(f'a value ({key.kind if key.kind == FLOATS else key.kind.__name__}); it cannot be null')
+    if key.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise bad('true or false')
+    if key.kind == FLOATS:
+        items = value.replace(',', ' ').split() if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise bad('a list of numbers')
+        out = []
+        for item in items:
+            out.extend(convert(name, Key(None, float), part) for part in
+                       (item.replace(',', ' ').split() if isinstance(item, str) else [item]))
+        if key.length is not None and len(out) != key.length:
+            raise bad(f'{key.length} numbers')
+        return tuple(out)
+    if isinstance(value, bool):
+        raise bad(key.kind.__name__)
+    try:
+        if key.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            result = int(float(value)) if isinstance(value, float) else int(value)
+        elif key.kind is float:
+            result = float(value)
+        elif isinstance(value, (str, int, float)):
+            result = str(value)
+        else:
+            raise ValueError
+    except ValueError:
+        raise bad(key.kind.__name__) from None
+    if key.choices and result not in key.choices:
+        raise ConfigError(f'config key {name!r}: {result!r} is not one of {", ".join(key.choices)}')
+    return result
+
+
+def _is_option(token: str) -> bool:
+    if token in ('-T', '-h'):
+        return True
+    if not token.startswith('-'):
+        return False
+    try:
+        float(token)  # a negative number is a value
+        return False
+    except ValueError:
+        return True
+
+
+def parse_cli(argv: Sequence[str], schema: Mapping[str, Key]) -> tuple:
+    """``(overrides, config_path)`` from command-line tokens; prints the help and exits on ``-h``/``--help``."""
+    overrides, config_path, i = {}, None, 0
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
+        if token in ('-h', '--help'):
+            print_help(schema)
+            sys.exit(0)
+        if not _is_option(token):
+            raise ConfigError(f'unexpected argument {token!r}: options are written --key value (see --help)')
+        body = token.lstrip('-')
+        inline = None
+        if '=' in body:
+            body, inline = body.split('=', 1)
+        name = ALIASES.get(body, body.replace('-', '_'))
+        i += 1
+        values = [inline] if inline is not None else []
+        if inline is None:
+            while i < len(argv) and not _is_option(argv[i]):
+                values.append(argv[i])
+                i += 1
+        if name == 'config':
+            if len(values) != 1:
+                raise ConfigError('--config expects one path')
+            config_path = values[0]
+            continue
+        negated = name.startswith('no_') and name not in schema and schema.get(name[3:], Key(0, int)).kind is bool
+        if negated:
+            if values:
+                raise ConfigError(f'--{body} takes no value')
+            overrides[name[3:]] = False
+            continue
+        if name not in schema:
+            raise _unknown(token, 'the command line', [f'--{k.replace("_", "-")}' for k in schema])
+        key = schema[name]
+        if key.kind is bool and not values:
+            overrides[name] = True
+        elif key.kind == FLOATS and len(values) > 1:
+            overrides[name] = convert(name, key, values)
+        elif len(values) != 1:
+            raise ConfigError(f'--{body} expects one value, got {len(values)}: {" ".join(values) or "(none)"}')
+        else:
+            overrides[name] = convert(name, key, values[0])
+    return overrides, config_path
+
+
+def read_yaml(path: str, schema: Mapping[str, Key]) -> dict:
+    """The values of YAML file ``path``, validated against ``schema``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f'config file not found: {path}\nPass an existing YAML file with --config (relative paths '
+                          f'start in the current directory: {os.getcwd()}).')
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f'config file {path} is not valid YAML:\n{e}') from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'config file {path} must hold a mapping of keys to values, got {type(data).__name__}')
+    return validate(data, schema, f'config file {path}')
+
+
+def validate(data: Mapping, schema: Mapping[str, Key], where: str) -> dict:
+    values = {}
+    for raw, value in data.items():
+        name = str(raw).replace('-', '_')
+        if name not in schema:
+            raise _unknown(str(raw), where, schema)
+        values[name] = convert(name, schema[name], value)
+    return values
+
+
+def _extra_schema(extra_keys: Optional[Mapping[str, Any]]) -> dict:
+    schema = dict(SCHEMA)
+    for name, spec in (extra_keys or {}).items():
+        if isinstance(spec, Key):
+            schema[name] = spec
+        elif isinstance(spec, (list, tuple)):
+            schema[name] = Key(tuple(spec), FLOATS)
+        else:
+            schema[name] = Key(spec, type(spec) if spec is not None else str, nullable=spec is None)
+    return schema
+
+
+def load_config(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None,
+                extra_keys: Optional[Mapping[str, Any]] = None, base: Optional[Mapping[str, Any]] = None) -> Config:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into a :class:`Config`.
+
+    The YAML file is ``--config PATH``, else ``default_config``; when neither is given, ``base`` (e.g. the config a
+    checkpoint was trained with) stands in for it. ``extra_keys`` maps a script's own keys to their defaults (the
+    type follows the default; None makes a nullable string) or to :class:`Key` objects.
+    """
+    schema = _extra_schema(extra_keys)
+    overrides, config_path = parse_cli(sys.argv[1:] if argv is None else argv, schema)
+    values = {name: key.default for name, key in schema.items()}
+    source = config_path or (None if base is not None else default_config)
+    if source:
+        values.update(read_yaml(source, schema))
+    elif base is not None:
+        values.update(validate({k: v for k, v in base.items() if k in schema}, schema, 'the checkpoint\'s config'))
+    values.update(overrides)
+    return Config(values, source)
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML (loadable again with ``--config``), atomically."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)
+
+
+def print_help(schema: Mapping[str, Key] = SCHEMA) -> None:
+    print('usage: --config FILE.yml [--key value ...]   (- and _ are equivalent; -T = --time-steps)\n')
+    for name, key in schema.items():
+        kind = 'list' if key.kind == FLOATS else key.kind.__name__
+        choices = f' {{{"|".join(key.choices)}}}' if key.choices else ''
+        print(f'  --{name.replace("_", "-"):<22} {kind}{choices}, default {key.default!r}: {key.help}')
