@@ -1,0 +1,248 @@
+"""Data sets and loaders: timm's training pipeline for images, plain loaders for event frames.
+
+Images (CIFAR-10/100, ImageNet, the quick start's digits) go through timm's ``create_loader``, which builds the
+published transforms: random-resized crop, flip, RandAugment, normalisation, random erasing. Mixup/cutmix and label
+smoothing are timm's ``Mixup`` on the batch (returned as ``mixup_fn``). Event frames (DVS128 Gesture,
+CIFAR10-DVS) come from ``utils.dvs_data`` already augmented per sample; they get a plain ``DataLoader`` and the
+same batch ``Mixup``.
+
+Evaluation is sharded without padding (:class:`Shard`), so a distributed evaluation sees every sample exactly once
+and the summed metrics are exact (timm's ``OrderedDistributedSampler`` pads with repeated samples).
+"""
+import os
+import pickle
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from timm.data import Mixup, create_dataset, create_loader
+from timm.data import auto_augment
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .config import Config
+from .errors import DataError
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DIGITS_MEAN, DIGITS_STD = (0.3094,) * 3, (0.3488,) * 3  # of the 32x32 digits training split
+DVS_DATASETS = ('dvs128-gesture', 'cifar10-dvs')
+
+# Per data set: classes, input size, normalisation (used where the config leaves them null).
+DATASETS = {
+    'cifar10': dict(num_classes=10, img_size=32, mean=CIFAR_MEAN, std=CIFAR_STD),
+    'cifar100': dict(num_classes=100, img_size=32, mean=CIFAR_MEAN, std=CIFAR_STD),
+    'digits': dict(num_classes=10, img_size=32, mean=DIGITS_MEAN, std=DIGITS_STD),
+    'imagenet': dict(num_classes=1000, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    'dvs128-gesture': dict(num_classes=11, img_size=128, mean=None, std=None),
+    'cifar10-dvs': dict(num_classes=10, img_size=128, mean=None, std=None),
+}
+# CIFAR python pickles: folder, training files, test files, label key.
+CIFAR_FILES = {
+    'cifar10': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'], 'labels'),
+    'cifar100': ('cifar-100-python', ['train'], ['test'], 'fine_labels'),
+}
+DIGITS_SPLIT_SEED = 0  # the quick start's 80/20 split is fixed, whatever the training seed
+
+
+def posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """RandAugment's posterize, also for 0 bits (an all-black image).
+
+    The published CIFAR policy (rand-m9-n1-mstd0.4-inc1) draws 0 bits whenever the noisy magnitude reaches 10 (about
+    once in 160 posterize draws). Pillow before 13 returned a black image; Pillow 13 raises ValueError, which kills
+    training. This restores the old result; it replaces timm's three posterize ops in its op table.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+for _name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
+    auto_augment.NAME_TO_OP[_name] = posterize
+
+
+def resolve_data_config(cfg: Config) -> None:
+    """Fill the config's null data keys from the data set's defaults (so args.yaml shows what was used)."""
+    defaults = DATASETS[cfg.dataset]
+    for name in ('num_classes', 'img_size', 'mean', 'std'):
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, defaults[name])
+    if cfg.data_dir is None:
+        cfg.data_dir = os.path.join('data', cfg.dataset)
+    if cfg.val_batch_size is None:
+        cfg.val_batch_size = cfg.batch_size
+
+
+class ArrayImages(Dataset):
+    """Images held as a uint8 array ``[N, H, W, 3]`` with integer labels; ``transform`` is set by timm's loader."""
+
+    def __init__(self, images: np.ndarray, targets, transform=None):
+        self.images, self.targets, self.transform = images, list(targets), transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
+    """CIFAR-10/100 from the python pickles under ``root``.
+
+    Read here rather than with torchvision's class, which checks the MD5 of every file at each start (slow, and it
+    rejects the small synthetic files the tests write); ``download`` still goes through torchvision, which verifies
+    the archive it fetches.
+    """
+    folder, train_files, test_files, label_key = CIFAR_FILES[name]
+    paths = [os.path.join(root, folder, f) for f in (train_files if train else test_files)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing and download:
+        import torchvision
+        getattr(torchvision.datasets, name.upper())(root, train=train, download=True)
+        missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f'{name.upper()} not found: {missing[0]} does not exist.\nPoint --data-dir at the folder '
+                        f'that holds {folder}/, or add --dataset-download to download it there ({root}).')
+    images, targets = [], []
+    for path in paths:
+        try:
+            with open(path, 'rb') as f:
+                entry = pickle.load(f, encoding='latin1')
+            images.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            targets.extend(entry[label_key])
+        except Exception as e:  # truncated or foreign file
+            raise DataError(f'cannot read {path}: {e}\nDelete {os.path.join(root, folder)} and download it again '
+                            f'(--dataset-download).') from None
+    return ArrayImages(np.concatenate(images).transpose(0, 2, 3, 1), targets)
+
+
+def digits(train: bool, size: int = 32) -> ArrayImages:
+    """scikit-learn's 1797 handwritten digits (8x8, 17 grey levels), scaled to ``size`` x ``size`` RGB; a fixed,
+    stratified 80/20 split (1437 / 360)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    data = load_digits()
+    train_idx, test_idx = train_test_split(np.arange(len(data.target)), test_size=0.2, random_state=DIGITS_SPLIT_SEED,
+                                           stratify=data.target)
+    idx = train_idx if train else test_idx
+    small = (data.images[idx] * (255 / 16)).round().astype(np.uint8)
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC).convert('RGB'))
+                       for im in small])
+    return ArrayImages(images, data.target[idx])
+
+
+def image_folder(root: str, split: str):
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise DataError(f'ImageNet {split} folder not found: {path}\nPoint --data-dir at the folder that holds '
+                        f'train/ and val/, each with one sub-folder of images per class.')
+    try:
+        return create_dataset('', root=path, split=split, search_split=False)
+    except RuntimeError as e:  # e.g. a folder without images
+        raise DataError(f'cannot read the images under {path}: {e}') from None
+
+
+def build_datasets(cfg: Config, train: bool = True, evaluation: bool = True):
+    """``(train_ds, eval_ds)`` of the config's data set (either is None when not requested)."""
+    resolve_data_config(cfg)
+    if cfg.dataset in DVS_DATASETS:
+        from .dvs_data import build_dvs_datasets  # lazy: the event-data code is only needed for those data sets
+        train_ds, eval_ds = build_dvs_datasets(cfg)
+        return (train_ds if train else None), (eval_ds if evaluation else None)
+    if cfg.dataset == 'digits':
+        make = lambda is_train: digits(is_train, cfg.img_size or 32)  # noqa: E731
+    elif cfg.dataset == 'imagenet':
+        make = lambda is_train: image_folder(cfg.data_dir, 'train' if is_train else 'val')  # noqa: E731
+    else:
+        make = lambda is_train: cifar(cfg.dataset, cfg.data_dir, is_train, cfg.dataset_download)  # noqa: E731
+    return (make(True) if train else None), (make(False) if evaluation else None)
+
+
+class Shard(Dataset):
+    """Every ``world``-th sample from ``rank`` on, without padding; forwards ``transform`` to the data set."""
+
+    def __init__(self, dataset, rank: int = 0, world: int = 1):
+        self.dataset, self.indices = dataset, range(rank, len(dataset), world)
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value):
+        self.dataset.transform = value
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[self.indices[index]]
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device('cpu')
+
+
+def _eval_loader(cfg: Config, dataset, rank: int, world: int, device) -> DataLoader:
+    shard = Shard(dataset, rank, world)
+    device = _device(device)
+    if cfg.dataset in DVS_DATASETS:
+        return DataLoader(shard, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.workers,
+                          pin_memory=device.type == 'cuda')
+    return create_loader(shard, input_size=(3, cfg.img_size, cfg.img_size), batch_size=cfg.val_batch_size,
+                         is_training=False, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
+                         num_workers=cfg.workers, crop_pct=cfg.crop_pct, pin_memory=device.type == 'cuda',
+                         use_prefetcher=False, device=device, persistent_workers=False)
+
+
+def build_eval_loader(cfg: Config, rank: int = 0, world: int = 1, device=None) -> DataLoader:
+    """The evaluation loader alone (no training set is read); this process's shard when ``world`` > 1."""
+    resolve_data_config(cfg)
+    _, eval_ds = build_datasets(cfg, train=False)
+    return _eval_loader(cfg, eval_ds, rank, world, device)
+
+
+def build_mixup(cfg: Config) -> Optional[Mixup]:
+    """timm's batch Mixup (also label smoothing) when mixup or cutmix is on, else None."""
+    if not (cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None):
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)
+
+
+def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: int = 1, device=None,
+                  output: Optional[str] = None):
+    """``(train_loader, eval_loader, mixup_fn)``.
+
+    The training loader shuffles (a ``DistributedSampler`` when ``distributed``: call ``set_epoch``) and drops the
+    last incomplete batch (batch mixup needs an even batch); with ``output`` set, the file lists of data sets that
+    have ``sample_files`` are written there (rank 0 only).
+    """
+    resolve_data_config(cfg)
+    train_ds, eval_ds = build_datasets(cfg)
+    device = _device(device)
+    if output is not None and rank == 0:
+        for ds, name in ((train_ds, 'train_files.txt'), (eval_ds, 'test_files.txt')):
+            if getattr(ds, 'sample_files', None) is not None:
+                with open(os.path.join(output, name), 'w') as f:
+                    f.writelines(f'{p}\n' for p in ds.sample_files)
+    if cfg.dataset in DVS_DATASETS:
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if distributed else None
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                                  num_workers=cfg.workers, pin_memory=device.type == 'cuda', drop_last=True)
+    else:
+        train_loader = create_loader(
+            train_ds, input_size=(3, cfg.img_size, cfg.img_size), batch_size=cfg.batch_size, is_training=True,
+            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, scale=cfg.scale, ratio=cfg.ratio,
+            hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa, interpolation=cfg.interpolation,
+            mean=cfg.mean, std=cfg.std, num_workers=cfg.workers, distributed=distributed,
+            pin_memory=device.type == 'cuda', use_prefetcher=False, device=device, persistent_workers=False)
+        if distributed:  # timm's sampler has seed 0 and the default rank; make it follow the config
+            train_loader.sampler.seed = cfg.seed
+    return train_loader, _eval_loader(cfg, eval_ds, rank, world, device), build_mixup(cfg)

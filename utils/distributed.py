@@ -1,0 +1,65 @@
+"""Process group set-up for both launchers.
+
+``torchrun`` and ``python -m torch.distributed.launch`` both export ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous address; ``torch.distributed.launch`` also passes ``--local-rank=N``, which the config accepts (as
+``--local_rank``) and which the environment variable overrides. NCCL on CUDA, gloo on CPU.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .config import Config
+from .errors import UserError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def select_device(cfg: Config, local_rank: int = 0) -> torch.device:
+    """This process's device; also applies the config's CPU thread count."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda was requested but CUDA is not available here; use --device cpu (or auto).')
+    if cfg.device == 'cpu' or not torch.cuda.is_available():
+        return torch.device('cpu')
+    return torch.device('cuda', local_rank)
+
+
+def init_distributed(cfg: Config) -> DistInfo:
+    """Join the process group when launched with several processes; pick this process's device."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    local_rank = int(os.environ.get('LOCAL_RANK', cfg.local_rank))
+    device = select_device(cfg, local_rank if world > 1 else 0)
+    if world == 1:
+        return DistInfo(device=device)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', init_method='env://',
+                            device_id=device if device.type == 'cuda' else None)
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()

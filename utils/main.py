@@ -1,0 +1,239 @@
+"""The two entry points every data set's ``train.py`` and ``test.py`` call: :func:`train_main`, :func:`test_main`.
+
+Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>``; on ``--resume`` the resumed run's
+folder): ``args.yaml`` (the resolved config), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
+``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints.
+
+Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch). Each rank thus gets its own
+augmentation stream, and a run resumed at epoch k draws exactly what an uninterrupted run draws from epoch k on.
+"""
+import csv
+import io
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, distribute_bn, random_seed
+from torch.nn.parallel import DistributedDataParallel
+
+from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
+
+from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
+from .config import Config, load_config, save_config
+from .data import build_eval_loader, build_loaders, resolve_data_config
+from .distributed import DistInfo, cleanup_distributed, init_distributed, select_device
+from .engine import evaluate, train_loss_fn, train_one_epoch
+from .errors import UserError
+from .factory import build_model
+
+SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
+EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
+
+
+def seed_everything(seed: int, rank: int = 0, epoch: Optional[int] = None) -> None:
+    """timm's ``random_seed`` with a seed derived from (seed, rank, epoch)."""
+    if epoch is None:
+        random_seed(seed, rank)
+    else:
+        random_seed(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]) % 2 ** 31, 0)
+
+
+def amp_setup(cfg: Config, device: torch.device):
+    """``(autocast dtype or None, GradScaler or None)``: fp16 with a scaler on CUDA, bf16 (no scaler) on CPU."""
+    if not cfg.amp:
+        return None, None
+    name = cfg.amp_dtype if cfg.amp_dtype != 'auto' else ('float16' if device.type == 'cuda' else 'bfloat16')
+    if name == 'float16' and device.type != 'cuda':
+        raise UserError('--amp-dtype float16 needs CUDA; on CPU use --amp-dtype bfloat16 or --no-amp (--amp false).')
+    dtype = getattr(torch, name)
+    return dtype, (torch.amp.GradScaler('cuda') if dtype == torch.float16 else None)
+
+
+def default_output(cfg: Config, kind: str) -> str:
+    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{cfg.model}')
+
+
+class RunLog:
+    """Prints on rank 0 and appends to ``<output>/log.txt``; TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, output: Optional[str], enabled: bool):
+        self.output, self.enabled, self.writer = output, enabled, None
+        if enabled and output:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(log_dir=output)
+            except ImportError:  # tensorboard is optional
+                pass
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        print(message, flush=True)
+        if self.output:
+            with open(os.path.join(self.output, 'log.txt'), 'a') as f:
+                f.write(message + '\n')
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _read_summary(path: str, before_epoch: int) -> list:
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline='') as f:
+        return [row for row in csv.DictReader(f) if int(row['epoch']) < before_epoch]
+
+
+def _write_summary(path: str, rows: list, columns: list) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
+    """Train (and evaluate every epoch) as configured; returns the best epoch's evaluation."""
+    cfg = load_config(argv, default_config)
+    info = init_distributed(cfg)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: Config, info: DistInfo) -> dict:
+    device = info.device
+    resolve_data_config(cfg)
+    amp_dtype, scaler = amp_setup(cfg, device)
+    if cfg.output is None:
+        cfg.output = os.path.dirname(os.path.abspath(cfg.resume)) if cfg.resume else default_output(cfg, 'train')
+    if info.is_main:
+        os.makedirs(cfg.output, exist_ok=True)
+    log = RunLog(cfg.output, info.is_main)
+
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg).to(device)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
+    # created before a resume loads the optimizer state, so the schedule follows this run's config
+    scheduler, num_epochs = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                                cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
+                                                warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    start_epoch, best_metric, best_epoch = 0, None, None
+    if cfg.resume:
+        start_epoch, best_metric, best_epoch = resume_checkpoint(cfg.resume, model, optimizer, scaler, ema)
+        log(f'resumed from {cfg.resume} at epoch {start_epoch}')
+    scheduler.step(start_epoch)
+    ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
+        if info.distributed else model
+
+    train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device,
+                                                        output=cfg.output)
+    loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
+    if info.is_main:
+        save_config(cfg, os.path.join(cfg.output, 'args.yaml'))
+    summary_path = os.path.join(cfg.output, 'summary.csv')
+    rows = _read_summary(summary_path, start_epoch) if info.is_main else []
+    columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
+    log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
+        f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset) * info.world} eval samples '
+        f'on this process x {info.world}), {num_epochs} epochs, device {device}, amp {amp_dtype}, run {cfg.output}')
+
+    for epoch in range(start_epoch, num_epochs):
+        seed_everything(cfg.seed, info.rank, epoch)
+        if hasattr(train_loader.sampler, 'set_epoch'):
+            train_loader.sampler.set_epoch(epoch)
+        if mixup_fn is not None and cfg.mixup_off_epoch is not None and epoch >= cfg.mixup_off_epoch:
+            mixup_fn.mixup_enabled = False
+        train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=mixup_fn,
+                                amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
+                                log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
+                                log=log)
+        if info.distributed:  # every rank evaluates (and rank 0 saves) the same averaged BatchNorm statistics
+            distribute_bn(model, info.world, reduce=True)
+        kwargs = dict(amp_dtype=amp_dtype, limit_batches=cfg.limit_eval_batches, distributed=info.distributed,
+                      is_main=info.is_main)
+        metrics = evaluate(model, eval_loader, device, **kwargs)
+        row = dict(epoch=epoch, train_loss=train['loss'], eval_loss=metrics['loss'], eval_top1=metrics['top1'],
+                   eval_top5=metrics['top5'], lr=train['lr'])
+        if ema is not None:
+            ema_metrics = evaluate(ema.module, eval_loader, device, **kwargs)
+            row.update(ema_eval_loss=ema_metrics['loss'], ema_eval_top1=ema_metrics['top1'],
+                       ema_eval_top5=ema_metrics['top5'])
+        scheduler.step(epoch + 1)
+        is_best = best_metric is None or metrics['top1'] > best_metric
+        if is_best:
+            best_metric, best_epoch = metrics['top1'], epoch
+        if info.is_main:
+            rows.append(row)
+            _write_summary(summary_path, rows, columns)
+            state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
+                                    scaler, ema)
+            save_run_checkpoint(cfg.output, state, is_best)
+            log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+        log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
+            f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
+            f'best top-1 {best_metric:.2f}% (epoch {best_epoch})')
+    log.close()
+    return dict(best_top1=best_metric, best_epoch=best_epoch, output=cfg.output)
+
+
+def _argv_has_config(argv: Sequence[str]) -> bool:
+    return any(a == '--config' or a.startswith('--config=') for a in argv)
+
+
+def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
+    """Evaluate ``--checkpoint`` on the validation split; print and write ``results.json`` into ``--output``.
+
+    Without ``--config``, a checkpoint written by ``train_main`` brings its own config (architecture, data,
+    normalisation), so ``test.py --checkpoint <run>/model_best.pth.tar`` needs nothing else; published checkpoints
+    use the script's default config. Command-line keys override either.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(argv, default_config)
+    if cfg.checkpoint is None:
+        raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
+                        'or last.pth.tar, or a published checkpoint).')
+    checkpoint = read_checkpoint(cfg.checkpoint)
+    trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if isinstance(trained_args, dict) and not _argv_has_config(argv):
+        own = ('output', 'resume', 'checkpoint', 'use_ema', 'local_rank')
+        cfg = load_config(argv, None, base={k: v for k, v in trained_args.items() if k not in own})
+    device = select_device(cfg)
+    resolve_data_config(cfg)
+    amp_dtype, _ = amp_setup(cfg, device)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(checkpoint_filter_fn(checkpoint, model, use_ema=cfg.use_ema), strict=True)
+    except CheckpointError as e:
+        raise CheckpointError(f'{cfg.checkpoint}: {e}\nPass the config it was trained with (--config).') from None
+    model.to(device)
+    loader = build_eval_loader(cfg, device=device)
+    metrics = evaluate(model, loader, device, amp_dtype=amp_dtype, limit_batches=cfg.limit_eval_batches)
+    results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
+                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
+    output = cfg.output or default_output(cfg, 'test')
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
+          f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}\n'
+          f'results: {os.path.join(output, "results.json")}')
+    return results
