@@ -1,0 +1,265 @@
+"""The training engine end to end, on tiny synthetic data in the real formats (CIFAR pickles, an ImageFolder tree).
+
+One module-scoped set of runs (tiny model, 16x16 images, T=1) serves several tests: 3 epochs straight, and 2 epochs
+then a resume to 3, which must give the same weights.
+"""
+import csv
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils import checkpoint as run_checkpoint
+from utils.config import load_config
+from utils.data import build_loaders, digits
+from utils.errors import EXIT_BAD_INPUT, run_cli
+from utils.main import SUMMARY_COLUMNS, train_main
+from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_YML = str(REPO / 'cifar10' / 'cifar10.yml')
+IMAGENET_YML = str(REPO / 'imagenet' / 'imagenet.yml')
+TINY = ['--embed-dims', '32', '--depths', '1', '--num-heads', '2', '-T', '1', '--img-size', '16', '--batch-size', '16',
+        '--val-batch-size', '16', '--workers', '0', '--amp', 'false', '--neuron-backend', 'torch']
+# The first epochs of a 2- and a 3-epoch schedule must have the same learning rates for the resume comparison:
+# they do inside the linear warmup, which does not depend on the schedule's length.
+SCHEDULE = ['--warmup-epochs', '5', '--cooldown-epochs', '0', '--seed', '3']
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead (and the machine is shared)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_cifar10(root: Path, train_per_batch: int = 16, test: int = 40, seed: int = 0) -> Path:
+    """CIFAR-10 python pickles as the real data set has them (5 training batches, a test batch, the meta file)."""
+    rng = np.random.default_rng(seed)
+    folder = root / 'cifar-10-batches-py'
+    folder.mkdir(parents=True)
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.uint8)
+        images[:, 0] = (labels[:, None, None] * 25).astype(np.uint8)  # a learnable cue: red = class
+        return {'data': images.reshape(n, -1), 'labels': labels.tolist()}
+
+    for i in range(1, 6):
+        with open(folder / f'data_batch_{i}', 'wb') as f:
+            pickle.dump(batch(train_per_batch), f)
+    with open(folder / 'test_batch', 'wb') as f:
+        pickle.dump(batch(test), f)
+    with open(folder / 'batches.meta', 'wb') as f:
+        pickle.dump({'label_names': [f'class{i}' for i in range(10)]}, f)
+    return root
+
+
+def run(main, argv, capsys=None):
+    """``run_cli`` as the scripts call it; returns (exit code, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, argv)
+    err = capsys.readouterr().err if capsys is not None else ''
+    return e.value.code, err
+
+
+def read_summary(path: Path) -> list:
+    with open(path / 'summary.csv', newline='') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('engine')
+    data = write_cifar10(root / 'cifar')
+    base = ['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE
+    straight, split, before_resume = root / 'straight', root / 'split', root / 'before_resume'
+    result = train_main(base + ['--epochs', '3', '--output', str(straight)])
+    train_main(base + ['--epochs', '2', '--output', str(split)])
+    shutil.copytree(split, before_resume)
+    train_main(base + ['--epochs', '3', '--resume', str(split / 'last.pth.tar')])  # continues in its own folder
+    return dict(data=data, base=base, straight=straight, split=split, before_resume=before_resume, result=result)
+
+
+def test_run_folder(runs):
+    out = runs['straight']
+    assert {'args.yaml', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'log.txt'} <= set(os.listdir(out))
+    assert not [p for p in os.listdir(out) if '.tmp' in p]
+    rows = read_summary(out)
+    assert list(rows[0]) == SUMMARY_COLUMNS and [int(r['epoch']) for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(float(r[c])) for r in rows for c in SUMMARY_COLUMNS)
+    saved = load_config(['--config', str(out / 'args.yaml')])
+    assert (saved.num_classes, saved.img_size, saved.data_dir, saved.epochs) == (10, 16, str(runs['data']), 3)
+    last = torch.load(out / 'last.pth.tar', weights_only=True)
+    assert {'state_dict', 'optimizer', 'epoch', 'arch', 'metric', 'args'} <= set(last)
+    assert last['epoch'] == 2 and last['arch'] == 'spikingformer_cifar_4_384' and 'state_dict_ema' not in last
+    best = max(range(3), key=lambda i: (float(rows[i]['eval_top1']), -i))
+    assert torch.load(out / 'model_best.pth.tar', weights_only=True)['epoch'] == best
+    assert runs['result']['best_epoch'] == best
+    # the learning rate of each epoch: linear warmup from warmup_lr
+    lrs = [float(r['lr']) for r in rows]
+    assert np.allclose(lrs, [1e-5 + e * (5e-4 - 1e-5) / 5 for e in range(3)])
+
+
+def test_resume_is_exact(runs):
+    straight = torch.load(runs['straight'] / 'last.pth.tar', weights_only=True)
+    resumed = torch.load(runs['split'] / 'last.pth.tar', weights_only=True)
+    assert resumed['epoch'] == straight['epoch'] == 2
+    for key, value in straight['state_dict'].items():
+        torch.testing.assert_close(resumed['state_dict'][key], value, rtol=0, atol=1e-6, msg=key)
+    assert read_summary(runs['split']) == read_summary(runs['straight'])
+
+
+def test_test_py_reproduces_the_best_evaluation(runs, tmp_path, capsys):
+    rows = read_summary(runs['straight'])
+    best = torch.load(runs['straight'] / 'model_best.pth.tar', weights_only=True)
+    row = rows[best['epoch']]
+    # the checkpoint brings its config: nothing else is needed
+    code, _ = run(evaluate_main, ['--checkpoint', str(runs['straight'] / 'model_best.pth.tar'), '--output', str(tmp_path)],
+                  capsys)
+    assert code == 0
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert results['samples'] == 40
+    assert results['top1'] == pytest.approx(float(row['eval_top1']), abs=1e-9)
+    assert results['top5'] == pytest.approx(float(row['eval_top5']), abs=1e-9)
+    assert results['loss'] == pytest.approx(float(row['eval_loss']), rel=1e-6)
+    assert results['checkpoint'].endswith('model_best.pth.tar')
+    # the same with an explicit config and the model given on the command line
+    code, _ = run(evaluate_main, ['--config', CIFAR10_YML, '--data-dir', str(runs['data']), '--output', str(tmp_path / 'b'),
+                              '--checkpoint', str(runs['straight'] / 'model_best.pth.tar')] + TINY, capsys)
+    assert code == 0
+    assert json.loads((tmp_path / 'b' / 'results.json').read_text())['top1'] == results['top1']
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, capsys):
+    run_dir = tmp_path / 'run'
+    shutil.copytree(runs['before_resume'], run_dir)
+    last = (run_dir / 'last.pth.tar').read_bytes()
+    code, err = run(train_main, runs['base'] + ['--epochs', '4', '--lr', '1e38', '--resume',
+                                                 str(run_dir / 'last.pth.tar')], capsys)
+    assert code == EXIT_BAD_INPUT
+    assert 'NaN' in err and 'last.pth.tar' in err and '--lr' in err and 'Traceback' not in err
+    assert (run_dir / 'last.pth.tar').read_bytes() == last
+    assert len(read_summary(run_dir)) == 2
+
+
+def test_bad_inputs_give_a_message_and_exit_2(runs, tmp_path, capsys):
+    def check(main, argv, *words):
+        code, err = run(main, argv, capsys)
+        assert code == EXIT_BAD_INPUT, err
+        assert 'Traceback' not in err and err.startswith('error: ') and len(err.splitlines()) < 25
+        for word in words:
+            assert word in err, (word, err)
+
+    missing = str(tmp_path / 'nowhere')
+    check(train_main, ['--config', CIFAR10_YML, '--data-dir', missing] + TINY, missing, '--dataset-download')
+    check(evaluate_main, ['--checkpoint', str(tmp_path / 'gone.pth.tar')], 'gone.pth.tar', 'not found')
+    corrupt = tmp_path / 'corrupt.pth.tar'
+    corrupt.write_bytes((runs['straight'] / 'last.pth.tar').read_bytes()[:5000])
+    check(evaluate_main, ['--checkpoint', str(corrupt)], 'corrupt.pth.tar', 'corrupt')
+    check(train_main, runs['base'] + ['--resume', str(corrupt)], 'corrupt.pth.tar')
+    check(train_main, ['--config', str(tmp_path / 'none.yml')], 'none.yml', '--config')
+    check(train_main, ['--config', CIFAR10_YML, '--batch-sise', '4'], '--batch-sise', '--batch-size')
+    check(evaluate_main, ['--config', CIFAR10_YML], '--checkpoint')
+    check(evaluate_main, ['--checkpoint', str(runs['straight'] / 'last.pth.tar'), '--embed-dims', '64'],
+          'does not fit', 'embed_dims')
+    check(evaluate_main, ['--checkpoint', str(runs['straight'] / 'last.pth.tar'), '--use-ema'], 'state_dict_ema')
+
+
+def test_atomic_checkpoint_write(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth.tar'
+    run_checkpoint.atomic_save({'epoch': 1}, str(path))
+
+    def crash(obj, f):
+        with open(f, 'wb') as fh:
+            fh.write(b'half a checkpoint')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(OSError):
+        run_checkpoint.atomic_save({'epoch': 2}, str(path))
+    assert torch.load(path, weights_only=True) == {'epoch': 1}
+    assert os.listdir(tmp_path) == ['last.pth.tar']
+
+
+def test_ema_checkpoint_and_test_use_ema(runs, tmp_path, capsys):
+    out = tmp_path / 'ema'
+    train_main(runs['base'] + ['--epochs', '1', '--model-ema', '--limit-train-batches', '2', '--output', str(out)])
+    last = torch.load(out / 'last.pth.tar', weights_only=True)
+    assert set(last['state_dict_ema']) == set(last['state_dict'])
+    assert list(read_summary(out)[0])[-3:] == ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
+    code, _ = run(evaluate_main, ['--checkpoint', str(out / 'last.pth.tar'), '--use-ema', '--output', str(tmp_path)], capsys)
+    assert code == 0
+    ema = json.loads((tmp_path / 'results.json').read_text())
+    assert ema['use_ema'] and ema['top1'] == pytest.approx(float(read_summary(out)[0]['ema_eval_top1']))
+
+
+def test_imagenet_folder_tree(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 4), ('val', 2)):
+        for cls in ('n01', 'n02'):
+            (tmp_path / 'imagenet' / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / 'imagenet' / split / cls / f'{i}.png')
+    out = tmp_path / 'run'
+    result = train_main(['--config', IMAGENET_YML, '--data-dir', str(tmp_path / 'imagenet'), '--num-classes', '2',
+                         '--img-size', '32', '--batch-size', '4', '--val-batch-size', '4', '--epochs', '1',
+                         '--cooldown-epochs', '0', '--output', str(out)] + TINY[:8] + TINY[-6:])
+    assert result['best_epoch'] == 0 and read_summary(out)[0]['epoch'] == '0'
+    assert load_config(['--config', str(out / 'args.yaml')]).aa == 'rand-m9-mstd0.5-inc1'
+
+
+def test_randaugment_posterize_to_zero_bits():
+    from timm.data import auto_augment
+    image = Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8))
+    op = auto_augment.AugmentOp('PosterizeIncreasing', prob=1.0, magnitude=10)  # 4 - int(10 / 10 * 4) = 0 bits
+    assert np.array_equal(np.asarray(op(image)), np.zeros((4, 4, 3), np.uint8))
+    assert np.asarray(auto_augment.AugmentOp('PosterizeIncreasing', prob=1.0, magnitude=5)(image)).max() == 192
+
+
+def test_digits_dataset_is_fixed():
+    train, test = digits(True), digits(False)
+    assert (len(train), len(test)) == (1437, 360)
+    assert train.images.shape == (1437, 32, 32, 3) and train.images.dtype == np.uint8
+    assert sorted(set(test.targets)) == list(range(10))
+    assert np.array_equal(digits(False).images, test.images)
+
+
+def test_event_data_get_plain_loaders_and_batch_mixup(tmp_path, monkeypatch):
+    """DVS data sets come from utils.dvs_data already augmented: a plain loader of [T, 2, H, W] frames, timm's Mixup
+    on the 5-D batch, and their file lists written into the run folder."""
+    import utils.dvs_data
+
+    class Frames(torch.utils.data.Dataset):
+        def __init__(self, n):
+            self.n, self.sample_files = n, [f'sample{i}.npz' for i in range(n)]
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return torch.full((2, 2, 32, 32), float(i)), i % 11
+
+    monkeypatch.setattr(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (Frames(8), Frames(3)), raising=False)
+    cfg = load_config(['--dataset', 'dvs128-gesture', '--batch-size', '4', '--workers', '0', '--mixup', '0.5',
+                       '--mixup-prob', '1', '--output', str(tmp_path)])
+    train_loader, eval_loader, mixup_fn = build_loaders(cfg, output=str(tmp_path))
+    images, targets = next(iter(train_loader))
+    mixed, soft = mixup_fn(images, targets)
+    assert mixed.shape == (4, 2, 2, 32, 32) and soft.shape == (4, 11)
+    assert sum(len(y) for _, y in eval_loader) == 3
+    assert (tmp_path / 'train_files.txt').read_text().splitlines() == [f'sample{i}.npz' for i in range(8)]
+    assert len((tmp_path / 'test_files.txt').read_text().splitlines()) == 3
+    out = tmp_path / 'run'
+    train_main(['--config', CIFAR10_YML, '--dataset', 'dvs128-gesture', '--model', 'spikingformer_dvs_2_256',
+                '--num-classes', '11', '--cutmix', '0', '--epochs', '1', '--cooldown-epochs', '0', '--output', str(out),
+                '-T', '2', '--batch-size', '4', '--val-batch-size', '4'] + TINY[:6] + TINY[14:])
+    assert read_summary(out)[0]['epoch'] == '0' and (out / 'train_files.txt').is_file()
