@@ -368,20 +368,21 @@ MOTIONS = ('up', 'down', 'flicker')
 _PACKET = struct.Struct('<HHIIIIII')
 
 
-def _shape_mask(shape, cy, cx, half=12):
+def _shape_mask(shape, cy, cx):
+    """A filled square (33 px), a long horizontal or vertical bar (57 x 9 px), or a cross of both bars."""
     yy, xx = np.ogrid[:SENSOR[1], :SENSOR[0]]
     dy, dx = np.abs(yy - cy), np.abs(xx - cx)
-    hbar = (dy <= half // 3) & (dx <= half)
-    vbar = (dx <= half // 3) & (dy <= half)
-    return {'square': (dy <= half) & (dx <= half), 'hbar': hbar, 'vbar': vbar, 'cross': hbar | vbar}[shape]
+    hbar = (dy <= 4) & (dx <= 28)
+    vbar = (dx <= 4) & (dy <= 28)
+    return {'square': (dy <= 16) & (dx <= 16), 'hbar': hbar, 'vbar': vbar, 'cross': hbar | vbar}[shape]
 
 
-def synthetic_events(rng, cls, t0, duration=600_000, steps=24, per_step=120, noise=0.05):
+def synthetic_events(rng, cls, t0, duration=600_000, steps=24, per_step=200, noise=0.05):
     """Events of one synthetic sample of class ``cls``: shape ``SHAPES[cls % 4]`` moving up or down, or
     flickering in place (``MOTIONS[cls // 4]``), with a random start position and uniform noise events.
     Returns sorted int64 ``t`` and ``x, y, p`` in stored (sensor) coordinates."""
     shape, motion = SHAPES[cls % len(SHAPES)], MOTIONS[cls // len(SHAPES)]
-    cy0, cx = 64 + int(rng.integers(-8, 9)), 64 + int(rng.integers(-20, 21))
+    cy0, cx = 64 + int(rng.integers(-6, 7)), 64 + int(rng.integers(-16, 17))
     dt = duration // steps
     ts, xs, ys, ps = [], [], [], []
     prev = np.zeros((SENSOR[1], SENSOR[0]), bool)
