@@ -38,7 +38,7 @@ def ddp_runs(tmp_path_factory):
         out = root / name
         cmd = launcher(name) + ['--nproc_per_node=2', f'--master_port={free_port()}', 'cifar10/train.py',
                                 '--data-dir', str(data), '--output', str(out), '--epochs', '2', '--warmup-epochs', '2',
-                                '--cooldown-epochs', '0', '--device', 'cpu'] + TINY[:-2] + ['--batch-size', '8']
+                                '--cooldown-epochs', '0', '--device', 'cpu'] + TINY + ['--batch-size', '8']
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[name] = dict(out=out, stdout=proc.stdout, data=data)

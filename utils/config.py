@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from models.neuron import BACKENDS as NEURON_BACKENDS
+
 from .errors import UserError
 
 
@@ -50,7 +52,7 @@ SCHEMA = {
     'num_heads': _k(None, int, 'null = the variant\'s default', nullable=True),
     'embed_dims': _k(None, int, 'null = the variant\'s default', nullable=True),
     'depths': _k(None, int, 'number of encoder blocks; null = the variant\'s default', nullable=True),
-    'neuron_backend': _k('auto', str, 'LIF backend', choices=('auto', 'torch', 'cupy')),
+    'neuron_backend': _k('auto', str, 'LIF backend (see models.neuron)', choices=NEURON_BACKENDS),
     # data
     'dataset': _k('cifar10', str, 'data set', choices=DATASET_NAMES),
     'data_dir': _k(None, str, 'data folder; null = data/<dataset>', nullable=True),
@@ -61,7 +63,7 @@ SCHEMA = {
     'workers': _k(4, int, 'data loading worker processes per process (0 = in the main process)'),
     'mean': _k(None, FLOATS, 'normalisation mean; null = the dataset\'s', nullable=True, length=3),
     'std': _k(None, FLOATS, 'normalisation std; null = the dataset\'s', nullable=True, length=3),
-    'interpolation': _k('bicubic', str, 'resize interpolation', choices=('bicubic', 'bilinear', 'nearest', 'random')),
+    'interpolation': _k('bicubic', str, 'resize interpolation', choices=('bicubic', 'bilinear', 'nearest')),
     'crop_pct': _k(1.0, float, 'evaluation centre-crop fraction'),
     'scale': _k((1.0, 1.0), FLOATS, 'random-resized-crop area range', length=2),
     'ratio': _k((0.75, 4 / 3), FLOATS, 'random-resized-crop aspect range', length=2),
@@ -327,7 +329,8 @@ def save_config(cfg: Config, path: str) -> None:
 
 
 def print_help(schema: Mapping[str, Key] = SCHEMA) -> None:
-    print('usage: --config FILE.yml [--key value ...]   (- and _ are equivalent; -T = --time-steps)\n')
+    print('usage: [--config FILE.yml] [--key value ...]   (- and _ are equivalent; -T = --time-steps)')
+    print('Defaults below are the schema\'s; the YAML file (the script\'s own unless --config) overrides them.\n')
     for name, key in schema.items():
         kind = 'list' if key.kind == FLOATS else key.kind.__name__
         choices = f' {{{"|".join(key.choices)}}}' if key.choices else ''

@@ -42,6 +42,7 @@ CIFAR_FILES = {
     'cifar10': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'], 'labels'),
     'cifar100': ('cifar-100-python', ['train'], ['test'], 'fine_labels'),
 }
+CIFAR_NAMES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
 DIGITS_SPLIT_SEED = 0  # the quick start's 80/20 split is fixed, whatever the training seed
 
 
@@ -106,7 +107,7 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
         getattr(torchvision.datasets, name.upper())(root, train=train, download=True)
         missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise DataError(f'{name.upper()} not found: {missing[0]} does not exist.\nPoint --data-dir at the folder '
+        raise DataError(f'{CIFAR_NAMES[name]} not found: {missing[0]} does not exist.\nPoint --data-dir at the folder '
                         f'that holds {folder}/, or add --dataset-download to download it there ({root}).')
     images, targets = [], []
     for path in paths:

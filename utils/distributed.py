@@ -38,6 +38,7 @@ def select_device(cfg: Config, local_rank: int = 0) -> torch.device:
         raise UserError('--device cuda was requested but CUDA is not available here; use --device cpu (or auto).')
     if cfg.device == 'cpu' or not torch.cuda.is_available():
         return torch.device('cpu')
+    torch.backends.cudnn.benchmark = True  # fixed input sizes
     return torch.device('cuda', local_rank)
 
 

@@ -35,9 +35,10 @@ def _all_sum(values, device: torch.device, distributed: bool) -> list:
     return t.tolist()
 
 
-def _progress(loader, total: int, desc: str, show: bool):
+def _progress(loader, total: int, desc: str, show: bool, leave: bool = True):
     """A tqdm bar on rank 0 when stderr is a terminal; otherwise quiet."""
-    return tqdm(loader, total=total, desc=desc, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True)
+    return tqdm(loader, total=total, desc=desc, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True,
+                leave=leave)
 
 
 def _num_batches(loader, limit: Optional[int]) -> int:
@@ -104,7 +105,7 @@ def evaluate(model, loader, device: torch.device, amp_dtype: Optional[torch.dtyp
     model.eval()
     total = _num_batches(loader, limit_batches)
     loss_sum = correct1 = correct5 = count = 0.0
-    for i, (images, targets) in enumerate(_progress(loader, total, 'eval', is_main)):
+    for i, (images, targets) in enumerate(_progress(loader, total, 'eval', is_main, leave=False)):
         if i >= total:
             break
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)

@@ -26,8 +26,8 @@ from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import Config, load_config, save_config
-from .data import build_eval_loader, build_loaders, resolve_data_config
-from .distributed import DistInfo, cleanup_distributed, init_distributed, select_device
+from .data import build_datasets, build_eval_loader, build_loaders, resolve_data_config
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError
 from .factory import build_model
@@ -144,6 +144,10 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
         if info.distributed else model
 
+    if cfg.dataset_download and info.distributed:  # one process downloads, the others wait for it
+        if info.is_main:
+            build_datasets(cfg)
+        barrier(info)
     train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device,
                                                         output=cfg.output)
     loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
@@ -191,6 +195,9 @@ def _train(cfg: Config, info: DistInfo) -> dict:
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
             f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
             f'best top-1 {best_metric:.2f}% (epoch {best_epoch})')
+    if best_metric is not None:
+        log(f'done: best top-1 {best_metric:.2f}% at epoch {best_epoch}; run folder {cfg.output} '
+            f'(summary.csv, model_best.pth.tar, last.pth.tar)')
     log.close()
     return dict(best_top1=best_metric, best_epoch=best_epoch, output=cfg.output)
 
