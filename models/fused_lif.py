@@ -9,12 +9,13 @@ in-place and ``out=`` operations into preallocated ``[T, N]`` buffers and saves 
 potential ``h_seq``; the backward recomputes the surrogate and the reset mask from it, and runs the backward
 recurrence in place, one fused multiply-add per step.
 
-Numerics, forward: the operations, their order and their dtype are those of the ``torch`` backend, so spikes and
+Numerics, forward: the roundings, their order and their dtype are those of the ``torch`` backend, so spikes and
 potentials are bit-identical to it on every device and in every dtype:
 
 * charge ``h_t = v_{t-1} + (x_t - v_{t-1}) / tau``: a subtraction, a *division* by ``tau`` (never a multiplication by
-  ``1/tau``, which rounds differently for tau = 1.5) and an addition, each rounded in the input's dtype. For ``t = 1``,
-  ``v_0 = 0`` makes it ``x_1 / tau`` exactly, one operation instead of three.
+  ``1/tau``, which rounds differently for tau = 1.5) and an addition, each rounded in the input's dtype (in float32
+  the division and the addition run as one ``addcdiv``, which rounds both the same way). For ``t = 1``, ``v_0 = 0``
+  makes it ``x_1 / tau`` exactly, one operation instead of three.
 * fire ``s_t = (h_t >= v_th)``, which equals SpikingJelly's ``heaviside(h_t - v_th)`` exactly (with gradual underflow
   ``a - b >= 0`` if and only if ``a >= b``).
 * hard reset to 0 ``v_t = h_t - h_t * s_t``: ``h_t`` where ``s_t = 0`` and exactly ``+0`` where ``s_t = 1``, as
@@ -37,6 +38,7 @@ to a minute of compilation to the first call of each new shape (and to every tes
 inductor's CPU code generation is free to reorder the arithmetic. The eager version is exact by construction and
 runs anywhere; see ``scripts/benchmark.py`` for what it gains.
 """
+import math
 from typing import Optional
 
 import torch
@@ -67,6 +69,11 @@ def lif_forward(x_seq: torch.Tensor, tau: float, v_threshold: float,
     if T == 0:
         return spikes
     divisor = _divisor(tau, x_seq)
+    # addcdiv(v, d, tau) = v + d / tau rounds d / tau and the sum separately in float32/float64 (a division cannot be
+    # contracted into a fused multiply-add), so it is exact there; for float16/bfloat16 it keeps d / tau in float32
+    # and rounds once, which is not what the torch backend does, so those dtypes take the separate operations.
+    fused_charge = x_seq.dtype in (torch.float32, torch.float64)
+    divisor_t = torch.tensor(tau, dtype=x_seq.dtype, device=x_seq.device) if fused_charge else None
     v = None
     h_tmp = None
     for t in range(T):
@@ -75,8 +82,11 @@ def lif_forward(x_seq: torch.Tensor, tau: float, v_threshold: float,
             torch.div(x_seq[0], divisor, out=h)
         else:
             torch.sub(x_seq[t], v, out=h)
-            h.div_(divisor)
-            h.add_(v)  # (x - v) / tau + v == v + (x - v) / tau: addition is commutative in IEEE arithmetic
+            if fused_charge:  # v + (x - v) / tau in one pass, rounded exactly as the two operations it replaces
+                torch.addcdiv(v, h, divisor_t, out=h)
+            else:
+                h.div_(divisor)
+                h.add_(v)  # (x - v) / tau + v == v + (x - v) / tau: addition is commutative in IEEE arithmetic
         torch.ge(h, v_threshold, out=spikes[t])
         if t + 1 < T:
             if v is None:
@@ -97,13 +107,18 @@ def lif_backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_t
     T = h_seq.shape[0]
     # surrogate: g_s * alpha * sig(alpha u) * (1 - sig(alpha u)), u = h - v_th
     sg = torch.sub(h_seq, v_threshold).mul_(alpha).sigmoid_()
-    grad = torch.ops.aten.sigmoid_backward(grad_spikes, sg).mul_(alpha)
+    grad = torch.ops.aten.sigmoid_backward(grad_spikes, sg)  # g_s * (1 - sig) * sig, still to be scaled by alpha
+    # With alpha a power of two (SPEC: 4) the recurrence below can run on g_h / alpha, which is g_h scaled exactly,
+    # and the final g_h / tau becomes one division by tau / alpha: one pass over [T, N] less, same roundings.
+    exact_scale = math.frexp(alpha)[0] == 0.5
+    if not exact_scale:
+        grad.mul_(alpha)
     # reset path: g_h_t += g_h_{t+1} * (1 - 1/tau) * (1 - s_t), backwards in time, in place
     not_fired = torch.lt(h_seq[:T - 1], v_threshold, out=sg[:T - 1])
     decay = 1. - 1. / tau
     for t in range(T - 2, -1, -1):
         grad[t].addcmul_(grad[t + 1], not_fired[t], value=decay)
-    grad.div_(tau)  # g_x = g_h / tau
+    grad.div_(tau / alpha if exact_scale else tau)  # g_x = g_h / tau
     return grad if grad.dtype == out_dtype else grad.to(out_dtype)
 
 
