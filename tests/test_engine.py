@@ -159,7 +159,10 @@ def test_bad_inputs_give_a_message_and_exit_2(runs, tmp_path, capsys):
             assert word in err, (word, err)
 
     missing = str(tmp_path / 'nowhere')
-    check(train_main, ['--config', CIFAR10_YML, '--data-dir', missing] + TINY, missing, '--dataset-download')
+    check(train_main, ['--config', CIFAR10_YML, '--data-dir', missing, '--output', str(tmp_path / 'run')] + TINY,
+          missing, '--dataset-download')
+    check(train_main, runs['base'] + ['--resume', str(tmp_path / 'gone' / 'last.pth.tar')], 'last.pth.tar', 'not found')
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 'gone').exists()  # no empty run folder left behind
     check(evaluate_main, ['--checkpoint', str(tmp_path / 'gone.pth.tar')], 'gone.pth.tar', 'not found')
     corrupt = tmp_path / 'corrupt.pth.tar'
     corrupt.write_bytes((runs['straight'] / 'last.pth.tar').read_bytes()[:5000])

@@ -217,6 +217,14 @@ def build_mixup(cfg: Config) -> Optional[Mixup]:
                  label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)
 
 
+def write_sample_files(output: str, train_ds, eval_ds) -> None:
+    """``train_files.txt`` / ``test_files.txt`` in ``output``, one sample a line, for data sets with ``sample_files``."""
+    for ds, name in ((train_ds, 'train_files.txt'), (eval_ds, 'test_files.txt')):
+        if getattr(ds, 'sample_files', None) is not None:
+            with open(os.path.join(output, name), 'w') as f:
+                f.writelines(f'{p}\n' for p in ds.sample_files)
+
+
 def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: int = 1, device=None,
                   output: Optional[str] = None):
     """``(train_loader, eval_loader, mixup_fn)``.
@@ -229,10 +237,7 @@ def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: 
     train_ds, eval_ds = build_datasets(cfg)
     device = _device(device)
     if output is not None and rank == 0:
-        for ds, name in ((train_ds, 'train_files.txt'), (eval_ds, 'test_files.txt')):
-            if getattr(ds, 'sample_files', None) is not None:
-                with open(os.path.join(output, name), 'w') as f:
-                    f.writelines(f'{p}\n' for p in ds.sample_files)
+        write_sample_files(output, train_ds, eval_ds)
     if cfg.dataset in DVS_DATASETS:
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if distributed else None
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,

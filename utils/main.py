@@ -26,7 +26,7 @@ from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import Config, load_config, save_config
-from .data import build_datasets, build_eval_loader, build_loaders, resolve_data_config
+from .data import build_datasets, build_eval_loader, build_loaders, resolve_data_config, write_sample_files
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError
@@ -122,11 +122,11 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     device = info.device
     resolve_data_config(cfg)
     amp_dtype, scaler = amp_setup(cfg, device)
+    if cfg.resume and not os.path.isfile(cfg.resume):
+        raise CheckpointError(f'checkpoint to resume from not found: {cfg.resume}\nPass the last.pth.tar of a run '
+                              f'folder (relative paths start in the current directory: {os.getcwd()}).')
     if cfg.output is None:
         cfg.output = os.path.dirname(os.path.abspath(cfg.resume)) if cfg.resume else default_output(cfg, 'train')
-    if info.is_main:
-        os.makedirs(cfg.output, exist_ok=True)
-    log = RunLog(cfg.output, info.is_main)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(device)
@@ -139,7 +139,6 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     start_epoch, best_metric, best_epoch = 0, None, None
     if cfg.resume:
         start_epoch, best_metric, best_epoch = resume_checkpoint(cfg.resume, model, optimizer, scaler, ema)
-        log(f'resumed from {cfg.resume} at epoch {start_epoch}')
     scheduler.step(start_epoch)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
         if info.distributed else model
@@ -148,17 +147,22 @@ def _train(cfg: Config, info: DistInfo) -> dict:
         if info.is_main:
             build_datasets(cfg)
         barrier(info)
-    train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device,
-                                                        output=cfg.output)
+    train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
     loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
+    # the run folder is created only once the inputs are known to be good
     if info.is_main:
+        os.makedirs(cfg.output, exist_ok=True)
         save_config(cfg, os.path.join(cfg.output, 'args.yaml'))
+        write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
+    log = RunLog(cfg.output, info.is_main)
+    if cfg.resume:
+        log(f'resumed from {cfg.resume} at epoch {start_epoch}')
     summary_path = os.path.join(cfg.output, 'summary.csv')
     rows = _read_summary(summary_path, start_epoch) if info.is_main else []
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
     log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
-        f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset) * info.world} eval samples '
-        f'on this process x {info.world}), {num_epochs} epochs, device {device}, amp {amp_dtype}, run {cfg.output}')
+        f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
+        f'{num_epochs} epochs, {info.world} process(es) on {device}, amp {amp_dtype}, run {cfg.output}')
 
     for epoch in range(start_epoch, num_epochs):
         seed_everything(cfg.seed, info.rank, epoch)
