@@ -107,6 +107,13 @@ class _Attention:
     shape: Optional[Tuple[int, int, int]] = None  # (T, N, d) of the last call
 
 
+@dataclass(eq=False)
+class _Mark:
+    """A spike storage seen in the current forward pass, and its count of ones once some layer asked for it."""
+    ref: StorageWeakRef
+    ones: Optional[torch.Tensor] = None
+
+
 def _add(acc: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
     return value.clone() if acc is None else acc.add_(value)
 
@@ -135,7 +142,7 @@ class EnergyCounter:
         self.samples = 0
         self.batches = 0
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
-        self._marks: Dict[int, StorageWeakRef] = {}
+        self._marks: Dict[int, _Mark] = {}
         self._layers: Dict[Tuple[int, str], _Layer] = {}
         self._attention: Dict[int, _Attention] = {}
         self._order: List[object] = []  # _Layer and _Attention entries in order of first execution
@@ -189,12 +196,25 @@ class EnergyCounter:
     def _mark(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         if storage.data_ptr():
-            self._marks[storage.data_ptr()] = StorageWeakRef(storage)
+            self._marks[storage.data_ptr()] = _Mark(StorageWeakRef(storage))
+
+    def _spike_mark(self, tensor: torch.Tensor) -> Optional['_Mark']:
+        mark = self._marks.get(tensor.untyped_storage().data_ptr())
+        return mark if mark is not None and not mark.ref.expired() else None
 
     def _is_spikes(self, tensor: torch.Tensor) -> bool:
-        storage = tensor.untyped_storage()
-        ref = self._marks.get(storage.data_ptr())
-        return ref is not None and not ref.expired()
+        return self._spike_mark(tensor) is not None
+
+    def _ones(self, tensor: torch.Tensor, mark: Optional['_Mark']) -> torch.Tensor:
+        """Non-zero elements of ``tensor`` (a device scalar). A tensor covering its whole spike storage is counted once
+        per forward, however many layers read it (Q, K and V convolutions share one input)."""
+        whole = (mark is not None and tensor.storage_offset() == 0
+                 and tensor.numel() * tensor.element_size() == tensor.untyped_storage().nbytes())
+        if not whole:
+            return torch.count_nonzero(tensor)
+        if mark.ones is None:
+            mark.ones = torch.count_nonzero(tensor)
+        return mark.ones
 
     def _on_spikes(self, module, args, output) -> None:
         if not isinstance(output, torch.Tensor):
@@ -202,7 +222,7 @@ class EnergyCounter:
         self._mark(output)
         role = self._roles.get(id(module))
         if role is not None:
-            self._count_attention(*role, output)
+            self._count_attention(*role, output, self._spike_mark(output))
 
     def _on_preserving(self, module, args, output) -> None:
         if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor) and self._is_spikes(args[0]):
@@ -211,7 +231,8 @@ class EnergyCounter:
     def _counted_hook(self, name: str):
         def hook(module, args, output):
             x = args[0]
-            kind = 'ac' if self._is_spikes(x) else 'mac'
+            mark = self._spike_mark(x)
+            kind = 'ac' if mark is not None else 'mac'
             key = (id(module), kind)
             layer = self._layers.get(key)
             if layer is None:
@@ -220,15 +241,15 @@ class EnergyCounter:
             dense = dense_ops(module, output)
             layer.dense += dense
             if kind == 'ac' and x.numel():
-                ones = torch.count_nonzero(x)
+                ones = self._ones(x, mark)
                 layer.ones = _add(layer.ones, ones)
                 layer.ops = _add(layer.ops, ones.double() * (dense / x.numel()))
                 layer.numel += x.numel()
         return hook
 
-    def _count_attention(self, attention: _Attention, role: str, spikes: torch.Tensor) -> None:
+    def _count_attention(self, attention: _Attention, role: str, spikes: torch.Tensor, mark) -> None:
         rate = attention.rates[role]
-        ones = torch.count_nonzero(spikes)
+        ones = self._ones(spikes, mark)
         rate.ones = _add(rate.ones, ones)
         rate.rate_sum = _add(rate.rate_sum, ones.double() / max(spikes.numel(), 1))
         rate.numel += spikes.numel()

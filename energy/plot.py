@@ -1,7 +1,7 @@
 """The report's figure: energy per operation, input firing rate per operation, Q/K/V firing rates per block."""
 from typing import Optional
 
-from .report import EnergyReport
+from .report import EnergyReport, mj, si
 
 COLORS = {'mac': '#d95f02', 'ac': '#1b9e77'}
 
@@ -21,9 +21,8 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
     fig, axes = plt.subplots(rows, 1, figsize=(max(8.0, 0.22 * n + 2.5), 3.2 * rows + 1.8),
                              gridspec_kw={'height_ratios': [3, 2, 2][:rows]}, constrained_layout=True)
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
-    fig.suptitle(f'{title + ": " if title else ""}{report.energy_mj:.4g} mJ per sample  '
-                 f'({report.mac_ops / 1e9:.4g} G MAC, {report.ac_ops / 1e9:.4g} G AC, {report.samples} samples'
-                 f'{top1})', fontsize=11)
+    fig.suptitle(f'{title + chr(10) if title else ""}{mj(report.energy_mj)} per sample: {si(report.mac_ops)} MAC, '
+                 f'{si(report.ac_ops)} AC ({report.samples} samples{top1})', fontsize=11)
 
     ax = axes[0]
     ax.bar(x, [layer.energy_mj for layer in layers], color=colors)
@@ -37,11 +36,13 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
 
     ax = axes[1]
     rates = [layer.firing_rate * 100 if layer.kind == 'ac' else 0 for layer in layers]
+    top = max([1.0] + rates) * 1.1
     ax.bar(x, rates, color=[COLORS['ac']] * n)
     for i, layer in enumerate(layers):
         if layer.kind == 'mac':
-            ax.text(i, 1, 'dense', rotation=90, ha='center', va='bottom', fontsize=7, color=COLORS['mac'])
+            ax.text(i, 0.02 * top, 'dense', rotation=90, ha='center', va='bottom', fontsize=7, color=COLORS['mac'])
     ax.set_ylabel('input firing rate (%)')
+    ax.set_ylim(0, top)
     ax.set_xticks(x, names, rotation=90, fontsize=7)
     ax.set_xlim(-0.7, n - 0.3)
     ax.grid(axis='y', alpha=0.3)
@@ -56,6 +57,7 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
                    color=color)
         ax.set_xticks(blocks, [a.name for a in report.attention], fontsize=8)
         ax.set_ylabel('Q/K/V firing rate (%)')
+        ax.set_ylim(0, max([1.0] + [100 * max(a.rate_q, a.rate_k, a.rate_v) * 1.15 for a in report.attention]))
         ax.legend(fontsize=8, ncol=3)
         ax.grid(axis='y', alpha=0.3)
     fig.savefig(path, dpi=110)

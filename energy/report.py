@@ -5,6 +5,22 @@ from typing import List, Optional, Sequence
 from .paper import PaperRow
 
 
+def si(value: float, unit: str = '', digits: int = 4) -> str:
+    """``value`` with an SI prefix (k, M, G, T) and ``digits`` significant digits: ``si(3.4733e8) == '347.3 M'``."""
+    for factor, prefix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+        if abs(value) >= factor:
+            return f'{value / factor:.{digits}g} {prefix}{unit}'.rstrip()
+    return f'{value:.{digits}g} {unit}'.rstrip()
+
+
+def mj(value: float, digits: int = 4) -> str:
+    """An energy in mJ, readable from 1e-6 mJ (nJ) up: ``mj(13.68) == '13.68 mJ'``, ``mj(2.5e-4) == '250 nJ'``."""
+    for factor, unit in ((1.0, 'mJ'), (1e-3, 'uJ'), (1e-6, 'nJ')):
+        if abs(value) >= factor:
+            return f'{value / factor:.{digits}g} {unit}'
+    return f'{value / 1e-6:.{digits}g} nJ' if value else '0 mJ'
+
+
 @dataclass
 class LayerEnergy:
     """One counted operation, per sample.
@@ -82,11 +98,12 @@ class EnergyReport:
 
         top1 = f'{self.top1:.2f}%' if self.top1 is not None else '-'
         lines.append(row('top-1', top1, f'{paper.top1:.2f}%' if paper and paper.top1 is not None else None))
-        lines.append(row('MAC ops', f'{self.mac_ops / 1e9:.6f} G',
-                         f'{paper.mac_ops / 1e9:.6f} G' if paper and paper.mac_ops else None))
-        lines.append(row('AC ops', f'{self.ac_ops / 1e9:.4f} G',
+        lines.append(row('MAC ops', f'{self.mac_ops:,.0f} ({si(self.mac_ops)})',
+                         f'{paper.mac_ops:,.0f}' if paper and paper.mac_ops else None))
+        lines.append(row('AC ops', si(self.ac_ops, digits=6),
                          f'{paper.ac_ops / 1e9:.2f} G' if paper and paper.ac_ops else None))
-        lines.append(row('energy', f'{self.energy_mj:.4f} mJ', f'{paper.energy_mj:.2f} mJ' if paper else None))
+        lines.append(row('energy (MAC + AC)', f'{self.energy_mj:.6g} mJ ({mj(self.energy_mj)})',
+                         f'{paper.energy_mj:.2f} mJ' if paper else None))
         if paper:
             lines += ['', f'Paper: {paper.source}.']
             if paper.note:
@@ -103,11 +120,13 @@ class EnergyReport:
             lines.append('')
 
         total = self.energy_mj or 1.0
-        lines += ['## Per layer', '', '| # | operation | kind | dense ops (M) | input firing rate | ops (M) | '
-                  'energy (mJ) | share |', '|---|---|---|---|---|---|---|---|']
+        lines += ['## Per layer', '', 'In execution order; `product_kv` is `K^T V` (rate min(r_k, r_v)), `product_q` '
+                  'is `Q (K^T V)` (rate r_q).', '',
+                  '| # | operation | kind | dense ops | input firing rate | ops | energy | share |',
+                  '|---|---|---|---|---|---|---|---|']
         for i, layer in enumerate(self.layers):
             rate = f'{layer.firing_rate:.2%}' if layer.kind == 'ac' else 'dense'
-            lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {layer.dense_ops / 1e6:.3f} | {rate} | '
-                         f'{layer.ops / 1e6:.3f} | {layer.energy_mj:.5f} | {layer.energy_mj / total:.1%} |')
+            lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {si(layer.dense_ops)} | {rate} | '
+                         f'{si(layer.ops)} | {mj(layer.energy_mj)} | {layer.energy_mj / total:.1%} |')
         lines.append('')
         return '\n'.join(lines)
