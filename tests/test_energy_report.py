@@ -1,0 +1,86 @@
+"""scripts/energy_report.py on a tiny model and the digits data set: the three report files, and the same
+accuracy as a plain evaluation of the same batches (the report does not change the model's outputs)."""
+import importlib.util
+import itertools
+import json
+
+import pytest
+import timm
+import torch
+import yaml
+
+import energy
+import models
+from utils.config import load_config
+from utils.data import build_eval_loader
+from utils.engine import evaluate
+from utils.errors import UserError
+
+REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
+TINY = dict(model='spikingformer_cifar_4_256', num_classes=10, time_steps=2, num_heads=2, embed_dims=32, depths=1,
+            dataset='digits', img_size=16, batch_size=32, val_batch_size=40, workers=0, amp=False,
+            neuron_backend='torch', device='cpu')
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location('energy_report', REPO / 'scripts' / 'energy_report.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """A config file and a checkpoint (with BatchNorm biases that make the neurons fire) of a tiny model."""
+    root = tmp_path_factory.mktemp('energy_report')
+    config = root / 'tiny.yml'
+    config.write_text(yaml.safe_dump(TINY))
+    torch.manual_seed(0)
+    model = timm.create_model(TINY['model'], num_classes=10, T=2, num_heads=2, embed_dims=32, depths=1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.bias.data.uniform_(0.2, 1.5)
+    checkpoint = root / 'tiny.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'epoch': 1}, checkpoint)
+    return config, checkpoint, root
+
+
+def test_report_files(tiny_run):
+    config, checkpoint, root = tiny_run
+    out = root / 'report'
+    result = _script().main(['--config', str(config), '--checkpoint', str(checkpoint), '--limit-batches', '2',
+                             '--output', str(out)])
+    data = json.loads((out / 'energy.json').read_text())
+    assert {'mac_ops', 'ac_ops', 'energy_mj', 'samples', 'top1', 'layers', 'attention'} <= set(data)
+    assert data['samples'] == 80 and data['run']['batches'] == 2 and data['paper'] is None
+    assert data['energy_mj'] == pytest.approx((4.6 * data['mac_ops'] + 0.9 * data['ac_ops']) * 1e-9, rel=1e-12)
+    assert data['ac_ops'] > 0 and 0 < data['attention'][0]['rate_q'] < 1
+    kinds = [layer['kind'] for layer in data['layers']]
+    assert kinds[0] == 'mac' and kinds[-1] == 'mac' and set(kinds[1:-1]) == {'ac'}
+    md = (out / 'energy.md').read_text()
+    assert '| # | operation | kind |' in md and 'block.0.attn' in md and 'r_q' in md and 'paper' not in md
+    assert (out / 'energy.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+    # the same accuracy as the engine's plain evaluation of the same two batches
+    cfg = load_config(['--config', str(config)])
+    model = timm.create_model(TINY['model'], num_classes=10, T=2, num_heads=2, embed_dims=32, depths=1)
+    models.load_checkpoint(model, str(checkpoint))
+    metrics = evaluate(model, build_eval_loader(cfg), torch.device('cpu'), limit_batches=2)
+    assert result['report'].top1 == pytest.approx(metrics['top1'], abs=1e-9)
+    direct = energy.estimate_energy(model, itertools.islice(build_eval_loader(cfg), 2))
+    assert direct.to_dict() == result['report'].to_dict()
+
+
+def test_published_row_is_recognised():
+    script = _script()
+    cfg = load_config(['--config', str(REPO / 'imagenet' / 'imagenet.yml')])
+    model = type('M', (), dict(embed_dims=768, depths=8, num_heads=8, T=4, num_classes=1000))
+    assert script.published_row(cfg, model).energy_mj == 13.68
+    model.num_heads = 12
+    assert script.published_row(cfg, model) is None
+
+
+def test_requires_a_checkpoint(tiny_run):
+    config, _, root = tiny_run
+    with pytest.raises(UserError, match='--checkpoint'):
+        _script().main(['--config', str(config), '--output', str(root / 'x')])
