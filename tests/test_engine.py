@@ -3,11 +3,14 @@
 One module-scoped set of runs (tiny model, 16x16 images, T=1) serves several tests: 3 epochs straight, and 2 epochs
 then a resume to 3, which must give the same weights.
 """
+import argparse
 import csv
 import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +139,27 @@ def test_test_py_reproduces_the_best_evaluation(runs, tmp_path, capsys):
                               '--checkpoint', str(runs['straight'] / 'model_best.pth.tar')] + TINY, capsys)
     assert code == 0
     assert json.loads((tmp_path / 'b' / 'results.json').read_text())['top1'] == results['top1']
+    # a checkpoint as the published scripts saved them: DDP's module. prefix, argparse args, no config of ours
+    published = tmp_path / 'published.pth.tar'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in best['state_dict'].items()}, 'epoch': 7,
+                'args': argparse.Namespace(model='Spikingformer')}, published)
+    code, _ = run(evaluate_main, ['--config', CIFAR10_YML, '--data-dir', str(runs['data']), '--output', str(tmp_path / 'c'),
+                                  '--checkpoint', str(published)] + TINY, capsys)
+    assert code == 0
+    assert json.loads((tmp_path / 'c' / 'results.json').read_text())['top1'] == results['top1']
+
+
+def test_the_script_files(runs, tmp_path):
+    best = runs['straight'] / 'model_best.pth.tar'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, 'cifar10/test.py', '--checkpoint', str(best), '--output', str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'top-1' in proc.stdout and json.loads((tmp_path / 'results.json').read_text())['samples'] == 40
+    proc = subprocess.run([sys.executable, 'imagenet/train.py', '--data-dir', str(tmp_path / 'no_imagenet')],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == EXIT_BAD_INPUT and 'Traceback' not in proc.stderr
+    assert 'no_imagenet' in proc.stderr and 'train/ and val/' in proc.stderr
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, capsys):

@@ -128,6 +128,13 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     if cfg.output is None:
         cfg.output = os.path.dirname(os.path.abspath(cfg.resume)) if cfg.resume else default_output(cfg, 'train')
 
+    if cfg.dataset_download and info.distributed:  # one process downloads, the others wait for it
+        if info.is_main:
+            build_datasets(cfg)
+        barrier(info)
+    train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
+    loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
+
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(device)
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
@@ -143,12 +150,6 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
         if info.distributed else model
 
-    if cfg.dataset_download and info.distributed:  # one process downloads, the others wait for it
-        if info.is_main:
-            build_datasets(cfg)
-        barrier(info)
-    train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
-    loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
     # the run folder is created only once the inputs are known to be good
     if info.is_main:
         os.makedirs(cfg.output, exist_ok=True)
