@@ -21,11 +21,15 @@ potentials are bit-identical to it on every device and in every dtype:
 * hard reset to 0 ``v_t = h_t - h_t * s_t``: ``h_t`` where ``s_t = 0`` and exactly ``+0`` where ``s_t = 1``, as
   SpikingJelly's ``(1 - s_t) * h_t + s_t * 0``.
 
-Under autocast the neuron receives whatever its producer returned (BatchNorm keeps the conv's bfloat16 on CPU, for
-example) and, like the ``torch`` backend, runs the forward recurrence in that dtype, op by op; the spikes are then
-those of the ``torch`` backend in the same dtype. The backward, by contrast, runs in float32 for float16 and bfloat16
-inputs (``h_seq`` and the incoming gradient are upcast exactly) and rounds only the final input gradient to the input
-dtype, which is at least as accurate as the ``torch`` backend's op-by-op half-precision backward.
+Dtypes. Under autocast the neuron receives the half-precision output of the conv/BatchNorm before it, and the
+``torch`` backend's TorchScript charge function, run under autocast, returns float32: from there its whole recurrence
+and its spikes are float32. The fused path does the same explicitly: under an active autocast a float16/bfloat16 input
+is upcast to float32 first, so the recurrence runs in float32 and the spikes (float32, 0/1) are those of the ``torch``
+backend (in training; in inference the spikes take the input's dtype, as in the ``torch`` backend's eval kernel).
+Outside autocast (a model cast to bfloat16 as a whole, say) both run the recurrence op by op in the input's
+dtype, again with identical spikes. The backward always runs in float32 for float16/bfloat16 inputs (``h_seq`` and
+the incoming gradient are upcast exactly) and rounds only the final input gradient to the input dtype, which is at
+least as accurate as the ``torch`` backend's op-by-op half-precision backward.
 
 Numerics, backward (SpikingJelly's graph with ``detach_reset``): ``g_h_t = g_s_t * sg'(h_t - v_th) + g_v_t * (1 - s_t)``
 with ``sg'(u) = alpha * sig(alpha u) (1 - sig(alpha u))``, ``g_v_{t-1} = g_h_t * (1 - 1/tau)``, ``g_x_t = g_h_t / tau``
@@ -58,14 +62,15 @@ def _divisor(tau: float, x: torch.Tensor):
     return torch.tensor(tau, dtype=torch.float32, device=x.device)
 
 
-def lif_forward(x_seq: torch.Tensor, tau: float, v_threshold: float,
-                h_seq: Optional[torch.Tensor] = None) -> torch.Tensor:
+def lif_forward(x_seq: torch.Tensor, tau: float, v_threshold: float, h_seq: Optional[torch.Tensor] = None,
+                spike_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Spikes ``[T, ...]`` of a LIF starting from ``v = 0``; writes the charged potentials into ``h_seq`` if given.
 
-    No autograd: this is the arithmetic shared by the training forward and inference.
+    No autograd: this is the arithmetic shared by the training forward and inference. The spikes have the dtype of
+    ``x_seq`` unless ``spike_dtype`` says otherwise.
     """
     T = x_seq.shape[0]
-    spikes = torch.empty_like(x_seq)
+    spikes = torch.empty_like(x_seq, dtype=spike_dtype)
     if T == 0:
         return spikes
     divisor = _divisor(tau, x_seq)
@@ -145,6 +150,10 @@ def fused_lif(x_seq: torch.Tensor, tau: float, v_threshold: float, alpha: float 
 
     Keeps a graph (one node, one saved tensor) only when ``x_seq`` requires a gradient and grad mode is on.
     """
+    spike_dtype = x_seq.dtype
+    if x_seq.dtype in _REDUCED and torch.is_autocast_enabled(x_seq.device.type):
+        x_seq = x_seq.float()  # what the torch backend's TorchScript charge does under autocast (see module doc)
     if torch.is_grad_enabled() and x_seq.requires_grad:
         return LIFFunction.apply(x_seq, float(tau), float(v_threshold), float(alpha))
-    return lif_forward(x_seq, float(tau), float(v_threshold))
+    # inference: the torch backend's eval kernel writes its spikes into a tensor of the input's dtype
+    return lif_forward(x_seq, float(tau), float(v_threshold), spike_dtype=spike_dtype)

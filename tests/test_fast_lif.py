@@ -88,16 +88,25 @@ def test_fused_reduced_precision(dtype):
     assert err_fused <= err_ref and err_fused < 5e-3
 
 
-def test_fused_autocast_bf16_on_cpu():
-    neuron = LIF(backend='fused')
-    x = torch.randn(4, 2, 8, 8, requires_grad=True)
-    conv = nn.Conv2d(8, 8, 1)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        y = conv(x.flatten(0, 1)).reshape(4, 2, 8, 8)
-        s = neuron(y)
-    assert s.dtype == torch.bfloat16
-    s.float().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+@pytest.mark.parametrize('train', [False, True])
+def test_fused_under_autocast_matches_torch_backend(reference, train):
+    """Under CPU bf16 autocast the torch backend's TorchScript charge returns float32, so its recurrence and spikes
+    are float32 (its eval kernel writes them as bfloat16); the fused path upcasts to match: identical spikes, of the
+    same dtype, in every neuron of the reference model."""
+    out = {}
+    for backend in ('torch', 'fused'):
+        model = _reference_model(reference, backend).train(train)
+        spikes = _record_spikes(model)
+        with torch.set_grad_enabled(train), torch.autocast('cpu', dtype=torch.bfloat16):
+            logits = model(reference['input'])
+        if train:
+            logits.float().sum().backward()
+        out[backend] = logits.float().detach(), spikes
+    for name, s_ref in out['torch'][1].items():
+        s = out['fused'][1][name]
+        assert s.dtype == s_ref.dtype == (torch.float32 if train else torch.bfloat16), name
+        assert torch.equal(s, s_ref), name
+    torch.testing.assert_close(out['fused'][0], out['torch'][0], rtol=0, atol=0)
 
 
 def test_fused_shapes_layouts_and_graph():
