@@ -270,26 +270,12 @@ def _drop_frame_caches(root):
             print(f'removed the frame cache {os.path.join(root, d)} (built from the old events)')
 
 
-def prepare(dataset, raw, root, workers=None, force=False, progress=True):
-    """Convert RAW into ``ROOT/events_np``; returns the metadata dict (also written to ``ROOT/prepare_dvs.json``)."""
-    if dataset not in DATASETS:
-        raise PrepareError(f'unknown dataset {dataset!r}; choose one of {", ".join(DATASETS)}')
-    if not os.path.exists(raw):
-        raise PrepareError(f'{raw} does not exist')
-    final = os.path.join(root, 'events_np')
-    if os.path.isdir(final) and not force:
-        meta_path = os.path.join(root, META)
-        meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
-        if meta.get('dataset', dataset) != dataset:
-            raise PrepareError(f'{root} holds {meta["dataset"]}, not {dataset}; choose another --root')
-        print(f'{final} already exists; nothing to do (--force rebuilds it)')
-        return meta
-    os.makedirs(root, exist_ok=True)
-    partial = final + '.partial'
-    if os.path.exists(partial):
-        shutil.rmtree(partial)  # left by an interrupted run
-    os.makedirs(partial)
-    total, jobs = (_gesture_jobs if dataset == 'dvs128-gesture' else _cifar_jobs)(raw, partial)
+def _convert(dataset, raw, partial, final, workers, progress):
+    """Convert every recording into ``partial``; returns (recordings, samples, events, seconds)."""
+    try:
+        total, jobs = (_gesture_jobs if dataset == 'dvs128-gesture' else _cifar_jobs)(raw, partial)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise PrepareError(f'{raw}: cannot read the archive ({e}); download it again') from None
 
     workers = workers or min(8, os.cpu_count() or 1)
     errors, results = [], []
@@ -334,6 +320,33 @@ def prepare(dataset, raw, root, workers=None, force=False, progress=True):
         raise PrepareError(f'{len(errors)} of {total} recordings could not be decoded:\n  ' + '\n  '.join(errors) +
                            f'\n{final} was not written. Replace those files (download or extract them again) '
                            f'and run again.')
+    return total, n_samples, n_events, seconds
+
+
+def prepare(dataset, raw, root, workers=None, force=False, progress=True):
+    """Convert RAW into ``ROOT/events_np``; returns the metadata dict (also written to ``ROOT/prepare_dvs.json``)."""
+    if dataset not in DATASETS:
+        raise PrepareError(f'unknown dataset {dataset!r}; choose one of {", ".join(DATASETS)}')
+    if not os.path.exists(raw):
+        raise PrepareError(f'{raw} does not exist')
+    final = os.path.join(root, 'events_np')
+    if os.path.isdir(final) and not force:
+        meta_path = os.path.join(root, META)
+        meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+        if meta.get('dataset', dataset) != dataset:
+            raise PrepareError(f'{root} holds {meta["dataset"]}, not {dataset}; choose another --root')
+        print(f'{final} already exists; nothing to do (--force rebuilds it)')
+        return meta
+    os.makedirs(root, exist_ok=True)
+    partial = final + '.partial'
+    if os.path.exists(partial):
+        shutil.rmtree(partial)  # left by an interrupted run
+    os.makedirs(partial)
+    try:
+        total, n_samples, n_events, seconds = _convert(dataset, raw, partial, final, workers, progress)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # no half-prepared folder stays behind
+        raise
     if os.path.isdir(final):
         old = final + '.old'
         if os.path.exists(old):

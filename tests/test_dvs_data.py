@@ -293,6 +293,15 @@ def test_prepare_reports_the_corrupt_recording_and_writes_nothing(tmp_path, caps
     assert not (tmp_path / 'r' / 'events_np').exists()
 
 
+def test_prepare_reports_a_broken_archive_and_leaves_no_partial_folder(tmp_path, capsys):
+    archive = tmp_path / 'DvsGesture.tar.gz'
+    archive.write_bytes(b'\x1f\x8b' + bytes(100))  # a gzip magic, then nothing usable
+    assert prepare_dvs.main(['dvs128-gesture', '--raw', str(archive), '--root', str(tmp_path / 'r'),
+                             '--no-progress']) != 0
+    assert 'DvsGesture.tar.gz' in capsys.readouterr().err
+    assert list((tmp_path / 'r').iterdir()) == []
+
+
 # ----------------------------------------------------------------------------------------------- SpikingJelly classes
 
 def test_prepared_layout_loads_through_spikingjelly_classes(tmp_path):
