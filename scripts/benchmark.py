@@ -1,0 +1,232 @@
+"""Training and inference throughput and peak memory of a Spikingformer variant, per neuron backend.
+
+For one variant, batch size, device and number of time steps, measures for each available neuron path
+('torch' = SpikingJelly's plain PyTorch backend, the baseline; 'cupy' = SpikingJelly's CuPy kernel where it runs;
+'fused' = models/fused_lif.py, what 'auto' picks on CPU):
+
+* training step: zero_grad, forward, cross-entropy, backward, AdamW step (images/s, median over steps);
+* inference: ``eval()`` forward under ``torch.inference_mode`` (images/s, median over steps);
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the peak resident set of
+  the measuring process (``ru_maxrss``), and that peak minus the resident set just before the first step ("step"
+  column: what the steps themselves add on top of the model, its inputs and the interpreter).
+
+Every (path, mode) is measured in a fresh child process (so peak memory is that path's alone and no allocator state
+or warm cache carries over), after ``--warmup`` untimed steps, and the paths are interleaved over ``--rounds`` rounds
+(A B A B ...) so that a machine whose speed drifts (shared CPUs) affects every path alike; the reported figure is the
+median of all timed steps of all rounds. Prints a markdown table with the speed-up over the 'torch' backend and
+writes every raw timing to JSON.
+
+    python scripts/benchmark.py --model spikingformer_cifar_4_384 --batch-size 16 --T 4 --device cpu
+    python scripts/benchmark.py --model spikingformer_8_768 --batch-size 32 --device cuda --amp bf16
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def worker(args) -> dict:
+    """Measure one (path, mode) in this process; returns a JSON-able dict."""
+    sys.path.insert(0, str(REPO))
+    import timm
+    import torch
+
+    import models  # noqa: F401  (registers the variants)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    kwargs = dict(backend=args.path)
+    if args.T:
+        kwargs['T'] = args.T
+    model = timm.create_model(args.model, **kwargs).to(device)
+    size = args.img_size or model.img_size[0]
+    if model.events:
+        x = torch.rand(args.batch_size, model.T, model.in_channels, size, size, device=device).mul(4).floor()
+    else:
+        x = torch.randn(args.batch_size, model.in_channels, size, size, device=device)
+    y = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+    amp = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    if args.mode == 'train':
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                model(x)
+
+    rss_before = _rss_bytes()
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        base_cuda = torch.cuda.memory_allocated(device)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    out = dict(path=args.path, mode=args.mode, times=times, threads=torch.get_num_threads())
+    if device.type == 'cuda':
+        out['peak_mib'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        out['step_mib'] = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+        out['peak_mib'] = peak / 2 ** 20
+        out['step_mib'] = (peak - rss_before) / 2 ** 20
+    return out
+
+
+def available_paths(device: str) -> list:
+    sys.path.insert(0, str(REPO))
+    from models.neuron import cupy_available
+    paths = ['torch']
+    if device.startswith('cuda') and cupy_available():
+        paths.append('cupy')
+    return paths + ['fused']
+
+
+def machine(device: str) -> dict:
+    import torch
+    info = dict(python=platform.python_version(), torch=torch.__version__, os=platform.platform(),
+                cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads())
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+        if names:
+            info['cpu'] = names[0]
+    except OSError:
+        pass
+    if device.startswith('cuda') and torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name(0)
+        info['cuda'] = torch.version.cuda
+    return info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', default='spikingformer_cifar_4_384', help='registered variant name')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--T', type=int, default=None, help='time steps (default: the variant\'s)')
+    p.add_argument('--img-size', type=int, default=None, help='input side (default: the variant\'s)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none', help='autocast dtype')
+    p.add_argument('--paths', default=None, help='comma-separated neuron paths (default: every available one)')
+    p.add_argument('--modes', default='train,infer')
+    p.add_argument('--warmup', type=int, default=2, help='untimed steps per measurement')
+    p.add_argument('--steps', type=int, default=5, help='timed steps per measurement')
+    p.add_argument('--rounds', type=int, default=3, help='interleaved rounds over the paths')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s choice)')
+    p.add_argument('--json', default=None, help='where to write the results (default: print only)')
+    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--path', help=argparse.SUPPRESS)
+    p.add_argument('--mode', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print('RESULT ' + json.dumps(worker(args)), flush=True)
+        return
+
+    paths = args.paths.split(',') if args.paths else available_paths(args.device)
+    modes = args.modes.split(',')
+    forwarded = ['--model', args.model, '--batch-size', str(args.batch_size), '--device', args.device,
+                 '--amp', args.amp, '--warmup', str(args.warmup), '--steps', str(args.steps),
+                 '--threads', str(args.threads)]
+    if args.T:
+        forwarded += ['--T', str(args.T)]
+    if args.img_size:
+        forwarded += ['--img-size', str(args.img_size)]
+    runs = {(path, mode): [] for mode in modes for path in paths}
+    for r in range(args.rounds):
+        for mode in modes:
+            for path in paths:
+                cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', '--path', path, '--mode', mode]
+                proc = subprocess.run(cmd + forwarded, capture_output=True, text=True, cwd=REPO)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
+                if proc.returncode or not lines:
+                    sys.exit(f'worker {path}/{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}')
+                res = json.loads(lines[-1][len('RESULT '):])
+                runs[(path, mode)].append(res)
+                med = statistics.median(res['times'])
+                print(f'round {r + 1}/{args.rounds} {mode:5s} {path:6s} {args.batch_size / med:8.2f} img/s '
+                      f'(median {med * 1e3:.0f} ms) peak {res["peak_mib"]:.0f} MiB', file=sys.stderr, flush=True)
+
+    rows = []
+    for mode in modes:
+        base = None
+        for path in paths:
+            rs = runs[(path, mode)]
+            times = [t for res in rs for t in res['times']]
+            med = statistics.median(times)
+            row = dict(mode=mode, path=path, img_s=args.batch_size / med, step_ms=med * 1e3,
+                       step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3,
+                       peak_mib=statistics.median(res['peak_mib'] for res in rs),
+                       step_mib=statistics.median(res['step_mib'] for res in rs))
+            if path == 'torch':
+                base = row
+            rows.append(row)
+        for row in rows:
+            if row['mode'] == mode:
+                row['speedup'] = row['img_s'] / base['img_s'] if base else None
+                row['mem_ratio'] = row['step_mib'] / base['step_mib'] if base and base['step_mib'] > 0 else None
+
+    config = dict(model=args.model, batch_size=args.batch_size, T=args.T, img_size=args.img_size,
+                  device=args.device, amp=args.amp, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+    mem = 'peak GPU memory' if args.device.startswith('cuda') else 'peak RSS'
+    print(f"\n{args.model}, batch {args.batch_size}, T={args.T or 'default'}, {args.device}, amp {args.amp}: "
+          f"median of {args.rounds}x{args.steps} steps")
+    print(f'\n| mode | neuron path | img/s | step ms (min-max) | speed-up vs torch | {mem} MiB | step MiB | '
+          f'step memory vs torch |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|')
+    for row in rows:
+        speed = f"{row['speedup']:.2f}x" if row.get('speedup') else '-'
+        memr = f"{row['mem_ratio']:.2f}x" if row.get('mem_ratio') else '-'
+        print(f"| {row['mode']} | {row['path']} | {row['img_s']:.2f} | {row['step_ms']:.0f} "
+              f"({row['step_ms_min']:.0f}-{row['step_ms_max']:.0f}) | {speed} | {row['peak_mib']:.0f} | "
+              f"{row['step_mib']:.0f} | {memr} |")
+    if args.json:
+        out = dict(config=config, machine=machine(args.device), results=rows,
+                   raw={f'{p}/{m}': v for (p, m), v in runs.items()})
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f'\nwrote {args.json}')
+
+
+if __name__ == '__main__':
+    main()
