@@ -18,14 +18,14 @@ Everything is found from the model itself, by module type, never by module name:
   spikes). Views share their base's storage, also under ``torch.inference_mode`` (where ``Tensor._base`` is unset).
   A copy of spikes (``.contiguous()`` of a non-contiguous view, arithmetic) loses the mark and the layer is counted
   as MACs: conservative, and visible as ``kind='mac'`` in the report.
-* **AC layers** count ``dense ops x firing rate of the input`` (the fraction of non-zero input elements, i.e. of
+* **AC layers** count ``dense ops x firing rate of the input`` (the mean of the 0/1 input, i.e. the fraction of
   ones). Per batch ``b`` this is ``dense_b * ones_b / numel_b``, summed over batches and divided by the number of
   samples: the published calculator's rule (it adds ``dense_b * rate_b`` per batch and divides by the sample count).
 * **Attention products** of each ``SpikingSelfAttention`` (found by type): ``T * heads * N * d^2`` dense ACs for
   ``K^T V`` at rate ``min(r_k, r_v)`` and as many for ``Q (K^T V)`` at rate ``r_q``, with ``r`` the firing rates of
   its ``q_lif``, ``k_lif``, ``v_lif`` and ``T, N, d`` read from the shape of the Q spikes ``[T, B, C, N]``.
 
-Counts stay on the device as tensors (``count_nonzero`` is exact and needs no sync); the host reads them once, in
+Counts stay on the device as tensors (no host sync per layer); the host reads them once, in
 :meth:`EnergyCounter.report`. Hooks read their tensors and never change them, so the model's outputs are unchanged.
 """
 import math
@@ -86,7 +86,7 @@ class _Layer:
     kind: str  # 'mac' | 'ac'
     dense: int = 0  # summed over calls
     numel: int = 0  # input elements seen (AC layers)
-    ones: Optional[torch.Tensor] = None  # device int64: non-zero input elements (AC layers)
+    ones: Optional[torch.Tensor] = None  # device float64: ones among the input elements (AC layers)
     ops: Optional[torch.Tensor] = None  # device float64: sum over calls of dense * ones / numel (AC layers)
 
 
@@ -94,7 +94,7 @@ class _Layer:
 class _Rate:
     numel: int = 0
     calls: int = 0
-    ones: Optional[torch.Tensor] = None  # device int64
+    ones: Optional[torch.Tensor] = None  # device float64
     rate_sum: Optional[torch.Tensor] = None  # device float64, sum over calls of ones / numel
 
 
@@ -112,6 +112,25 @@ class _Mark:
     """A spike storage seen in the current forward pass, and its count of ones once some layer asked for it."""
     ref: StorageWeakRef
     ones: Optional[torch.Tensor] = None
+
+
+_EXACT = 1 << 24  # float32 represents every integer up to 2^24, so a float32 sum of that many 0/1 values is exact
+
+
+def count_ones(spikes: torch.Tensor) -> torch.Tensor:
+    """The number of ones in a 0/1 tensor, exactly, as a float64 device scalar, without a host sync.
+
+    A float32 sum is exact for up to 2^24 elements (every partial sum is a small integer), and on CPU it is about 30
+    times faster than ``count_nonzero``; larger tensors are summed in rows of 2^24 and the row sums added in float64.
+    Half-precision spikes (autocast) are summed in float32 too.
+    """
+    flat = spikes.reshape(-1)
+    n = flat.numel()
+    if n <= _EXACT:
+        return flat.sum(dtype=torch.float32).double()
+    whole = n - n % _EXACT
+    total = flat[:whole].view(-1, _EXACT).sum(dim=1, dtype=torch.float32).sum(dtype=torch.float64)
+    return total + flat[whole:].sum(dtype=torch.float32).double()
 
 
 def _add(acc: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
@@ -206,14 +225,14 @@ class EnergyCounter:
         return self._spike_mark(tensor) is not None
 
     def _ones(self, tensor: torch.Tensor, mark: Optional['_Mark']) -> torch.Tensor:
-        """Non-zero elements of ``tensor`` (a device scalar). A tensor covering its whole spike storage is counted once
+        """Ones in the spike tensor ``tensor`` (a device scalar). A tensor covering its whole spike storage is counted once
         per forward, however many layers read it (Q, K and V convolutions share one input)."""
         whole = (mark is not None and tensor.storage_offset() == 0
                  and tensor.numel() * tensor.element_size() == tensor.untyped_storage().nbytes())
         if not whole:
-            return torch.count_nonzero(tensor)
+            return count_ones(tensor)
         if mark.ones is None:
-            mark.ones = torch.count_nonzero(tensor)
+            mark.ones = count_ones(tensor)
         return mark.ones
 
     def _on_spikes(self, module, args, output) -> None:
@@ -243,7 +262,7 @@ class EnergyCounter:
             if kind == 'ac' and x.numel():
                 ones = self._ones(x, mark)
                 layer.ones = _add(layer.ones, ones)
-                layer.ops = _add(layer.ops, ones.double() * (dense / x.numel()))
+                layer.ops = _add(layer.ops, ones * (dense / x.numel()))
                 layer.numel += x.numel()
         return hook
 
@@ -251,7 +270,7 @@ class EnergyCounter:
         rate = attention.rates[role]
         ones = self._ones(spikes, mark)
         rate.ones = _add(rate.ones, ones)
-        rate.rate_sum = _add(rate.rate_sum, ones.double() / max(spikes.numel(), 1))
+        rate.rate_sum = _add(rate.rate_sum, ones / max(spikes.numel(), 1))
         rate.numel += spikes.numel()
         rate.calls += 1
         if role == 'q':  # Q spikes are [T, B, C, N...]

@@ -287,6 +287,15 @@ def test_report_to_dict_and_markdown(reference):
     assert energy.paper_row('spikingformer_8_768', 'cifar10') is None
 
 
+def test_count_ones_is_exact_beyond_float32_integers():
+    """More than 2^24 ones: a plain float32 sum may round, the counter's row-wise sum does not."""
+    from energy.counter import count_ones
+    x = torch.ones(2 ** 24 + 7, dtype=torch.bfloat16)
+    x[::3] = 0
+    assert count_ones(x).item() == 2 ** 24 + 7 - len(range(0, 2 ** 24 + 7, 3))
+    assert count_ones(torch.zeros(0)).item() == 0
+
+
 def test_rejects_unknown_rate_average():
     with pytest.raises(ValueError, match='rate_average'):
         energy.EnergyCounter(nn.Linear(2, 2), rate_average='median')
