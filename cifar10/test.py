@@ -2,7 +2,8 @@
 
     python cifar10/test.py --checkpoint PATH [--use-ema] [--output DIR] [--key value ...]
 
-A checkpoint written by train.py brings its own config; a published one uses cifar10.yml unless --config says otherwise.
+A checkpoint written by train.py brings its own config; a published one uses cifar10.yml unless
+--config says otherwise.
 Prints top-1, top-5 and the loss, and writes results.json into --output.
 """
 import os

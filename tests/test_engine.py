@@ -125,8 +125,8 @@ def test_test_py_reproduces_the_best_evaluation(runs, tmp_path, capsys):
     best = torch.load(runs['straight'] / 'model_best.pth.tar', weights_only=True)
     row = rows[best['epoch']]
     # the checkpoint brings its config: nothing else is needed
-    code, _ = run(evaluate_main, ['--checkpoint', str(runs['straight'] / 'model_best.pth.tar'), '--output', str(tmp_path)],
-                  capsys)
+    best_path = str(runs['straight'] / 'model_best.pth.tar')
+    code, _ = run(evaluate_main, ['--checkpoint', best_path, '--output', str(tmp_path)], capsys)
     assert code == 0
     results = json.loads((tmp_path / 'results.json').read_text())
     assert results['samples'] == 40
@@ -135,16 +135,15 @@ def test_test_py_reproduces_the_best_evaluation(runs, tmp_path, capsys):
     assert results['loss'] == pytest.approx(float(row['eval_loss']), rel=1e-6)
     assert results['checkpoint'].endswith('model_best.pth.tar')
     # the same with an explicit config and the model given on the command line
-    code, _ = run(evaluate_main, ['--config', CIFAR10_YML, '--data-dir', str(runs['data']), '--output', str(tmp_path / 'b'),
-                              '--checkpoint', str(runs['straight'] / 'model_best.pth.tar')] + TINY, capsys)
+    explicit = ['--config', CIFAR10_YML, '--data-dir', str(runs['data'])] + TINY
+    code, _ = run(evaluate_main, explicit + ['--output', str(tmp_path / 'b'), '--checkpoint', best_path], capsys)
     assert code == 0
     assert json.loads((tmp_path / 'b' / 'results.json').read_text())['top1'] == results['top1']
     # a checkpoint as the published scripts saved them: DDP's module. prefix, argparse args, no config of ours
     published = tmp_path / 'published.pth.tar'
     torch.save({'state_dict': {f'module.{k}': v for k, v in best['state_dict'].items()}, 'epoch': 7,
                 'args': argparse.Namespace(model='Spikingformer')}, published)
-    code, _ = run(evaluate_main, ['--config', CIFAR10_YML, '--data-dir', str(runs['data']), '--output', str(tmp_path / 'c'),
-                                  '--checkpoint', str(published)] + TINY, capsys)
+    code, _ = run(evaluate_main, explicit + ['--output', str(tmp_path / 'c'), '--checkpoint', str(published)], capsys)
     assert code == 0
     assert json.loads((tmp_path / 'c' / 'results.json').read_text())['top1'] == results['top1']
 
@@ -222,7 +221,8 @@ def test_ema_checkpoint_and_test_use_ema(runs, tmp_path, capsys):
     last = torch.load(out / 'last.pth.tar', weights_only=True)
     assert set(last['state_dict_ema']) == set(last['state_dict'])
     assert list(read_summary(out)[0])[-3:] == ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
-    code, _ = run(evaluate_main, ['--checkpoint', str(out / 'last.pth.tar'), '--use-ema', '--output', str(tmp_path)], capsys)
+    code, _ = run(evaluate_main, ['--checkpoint', str(out / 'last.pth.tar'), '--use-ema', '--output', str(tmp_path)],
+                  capsys)
     assert code == 0
     ema = json.loads((tmp_path / 'results.json').read_text())
     assert ema['use_ema'] and ema['top1'] == pytest.approx(float(read_summary(out)[0]['ema_eval_top1']))

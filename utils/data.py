@@ -218,7 +218,7 @@ def build_mixup(cfg: Config) -> Optional[Mixup]:
 
 
 def write_sample_files(output: str, train_ds, eval_ds) -> None:
-    """``train_files.txt`` / ``test_files.txt`` in ``output``, one sample a line, for data sets with ``sample_files``."""
+    """Write ``train_files.txt`` / ``test_files.txt`` (one sample a line) for data sets with ``sample_files``."""
     for ds, name in ((train_ds, 'train_files.txt'), (eval_ds, 'test_files.txt')):
         if getattr(ds, 'sample_files', None) is not None:
             with open(os.path.join(output, name), 'w') as f:
