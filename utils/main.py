@@ -163,7 +163,8 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
     log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
         f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
-        f'{num_epochs} epochs, {info.world} process(es) on {device}, amp {amp_dtype}, run {cfg.output}')
+        f'{num_epochs} epochs, {info.world} process(es) on {device}, '
+        f'amp {str(amp_dtype).replace("torch.", "") if amp_dtype else "off"}, run {cfg.output}')
 
     for epoch in range(start_epoch, num_epochs):
         seed_everything(cfg.seed, info.rank, epoch)
