@@ -1,8 +1,12 @@
 """The paper's energy estimate (SPEC section 6) of a checkpoint, from one evaluation pass.
 
     python scripts/energy_report.py --config imagenet/imagenet.yml --checkpoint PATH --data-dir DIR --output DIR
-        [--limit-batches N] [--use-ema] [--rate-average samples|batches] [--e-mac-pj 4.6] [--e-ac-pj 0.9]
-        [--key value ...]   (any config key: --val-batch-size, --device, --amp, ...)
+        [--limit-batches N] [--use-ema] [--precision float32|amp] [--rate-average samples|batches]
+        [--e-mac-pj 4.6] [--e-ac-pj 0.9] [--key value ...]   (any config key: --val-batch-size, --device, ...)
+
+The pass runs in float32 like the published calculator (which evaluates without autocast), whatever the config's
+training ``amp``; ``--precision amp`` evaluates under the config's ``amp_dtype`` instead (spikes, hence firing rates,
+can differ slightly from float32 at the thresholds).
 
 Works for every data set config (ImageNet, CIFAR-10/100, DVS128 Gesture, CIFAR10-DVS, the quick start's digits).
 Without ``--config``, a checkpoint written by train.py brings its own config. Writes into ``--output``:
@@ -31,6 +35,9 @@ EXTRA_KEYS = {
                          nullable=True),
     'e_mac_pj': Key(4.6, float, 'energy of one multiply-accumulate in pJ (45 nm)'),
     'e_ac_pj': Key(0.9, float, 'energy of one accumulate in pJ (45 nm)'),
+    'precision': Key('float32', str, "float32, as the published calculator (which ignores AMP), or 'amp': autocast "
+                     "with the config's amp_dtype; the config's own amp key (a training setting) is not used here",
+                     choices=('float32', 'amp')),
     'rate_average': Key('samples', str, "Q/K/V firing rates over all samples, or the mean of per-batch rates as the "
                         "published calculator (equal when every batch has the same size)",
                         choices=('samples', 'batches')),
@@ -82,7 +89,10 @@ def main(argv=None) -> dict:
                           base={k: v for k, v in trained_args.items() if k not in own})
     device = select_device(cfg)
     resolve_data_config(cfg)
-    amp_dtype, _ = amp_setup(cfg, device)
+    amp_dtype = None
+    if cfg.precision == 'amp':
+        cfg.amp = True
+        amp_dtype, _ = amp_setup(cfg, device)
     model = build_model(cfg)
     try:
         model.load_state_dict(checkpoint_filter_fn(checkpoint, model, use_ema=cfg.use_ema), strict=True)

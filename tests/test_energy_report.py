@@ -71,6 +71,17 @@ def test_report_files(tiny_run):
     assert direct.to_dict() == result['report'].to_dict()
 
 
+def test_float32_unless_asked(tiny_run):
+    """The config's training AMP is not applied (the published calculator runs float32); --precision amp is."""
+    config, checkpoint, root = tiny_run
+    common = ['--config', str(config), '--checkpoint', str(checkpoint), '--limit-batches', '1', '--amp']
+    _script().main(common + ['--output', str(root / 'fp32')])
+    assert json.loads((root / 'fp32' / 'energy.json').read_text())['run']['amp_dtype'] is None
+    _script().main(common + ['--precision', 'amp', '--output', str(root / 'amp')])
+    data = json.loads((root / 'amp' / 'energy.json').read_text())
+    assert data['run']['amp_dtype'] == 'bfloat16' and data['samples'] == 40 and data['ac_ops'] > 0
+
+
 def test_published_row_is_recognised():
     script = _script()
     cfg = load_config(['--config', str(REPO / 'imagenet' / 'imagenet.yml')])
