@@ -83,6 +83,20 @@ def attention_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return q @ (k.transpose(-2, -1) @ v)
 
 
+def attention_product_channels_first(q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+    """:func:`attention_product` on channel-first operands ``[..., d, N]`` (Q^T, K^T, V^T), returning ``(Q K^T V)^T``.
+
+    ``(Q K^T V)^T = V^T K Q^T``, computed in the cheaper order for the shape: these are the transposes of exactly the
+    products :func:`attention_product` forms, so the result is the same in every dtype. The point is the layout: the
+    heads come out as ``[..., heads, d, N]``, which is already the channel order of ``[C, N]``, so concatenating the
+    heads is a free reshape instead of a transpose copy (and its backward) per block.
+    """
+    d, n = q_t.shape[-2], q_t.shape[-1]
+    if n <= d:
+        return v_t @ (k_t.transpose(-2, -1) @ q_t)
+    return (v_t @ k_t.transpose(-2, -1)) @ q_t
+
+
 class SpikingSelfAttention(nn.Module):
     """Spiking self-attention: Q, K, V = LIF(BN(conv1x1(LIF(x)))), ``Q K^T V * 0.125`` without softmax.
 
@@ -109,9 +123,9 @@ class SpikingSelfAttention(nn.Module):
         self.proj_bn = nn.BatchNorm1d(dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, C, N]`` -> ``[T, B, heads, N, C/heads]``."""
+        """``[T, B, C, N]`` -> ``[T, B, heads, C/heads, N]`` (channel-first per head: a view, no copy)."""
         T, B, C, N = x.shape
-        return x.reshape(T, B, self.num_heads, C // self.num_heads, N).transpose(-1, -2)
+        return x.reshape(T, B, self.num_heads, C // self.num_heads, N)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = x.shape
@@ -119,8 +133,9 @@ class SpikingSelfAttention(nn.Module):
         q = self._heads(self.q_lif(_split_time(self.q_bn(self.q_conv(s)), T)))
         k = self._heads(self.k_lif(_split_time(self.k_bn(self.k_conv(s)), T)))
         v = self._heads(self.v_lif(_split_time(self.v_bn(self.v_conv(s)), T)))
-        out = attention_product(q, k, v) * ATTENTION_SCALE  # [T, B, heads, N, d]
-        out = self.attn_lif(out.transpose(3, 4).reshape(T, B, C, H * W))
+        # (Q K^T V)^T per head, [T, B, heads, d, N]: its reshape to [T, B, C, N] concatenates the heads for free
+        out = attention_product_channels_first(q, k, v).mul_(ATTENTION_SCALE)
+        out = self.attn_lif(out.reshape(T, B, C, H * W))
         out = self.proj_bn(self.proj_conv(_merge_time(out)))
         return out.reshape(T, B, C, H, W)
 
