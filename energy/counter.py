@@ -225,8 +225,8 @@ class EnergyCounter:
         return self._spike_mark(tensor) is not None
 
     def _ones(self, tensor: torch.Tensor, mark: Optional['_Mark']) -> torch.Tensor:
-        """Ones in the spike tensor ``tensor`` (a device scalar). A tensor covering its whole spike storage is counted once
-        per forward, however many layers read it (Q, K and V convolutions share one input)."""
+        """Ones in the spike tensor ``tensor`` (a device scalar). A tensor covering its whole spike storage is counted
+        once per forward, however many layers read it (Q, K and V convolutions share one input)."""
         whole = (mark is not None and tensor.storage_offset() == 0
                  and tensor.numel() * tensor.element_size() == tensor.untyped_storage().nbytes())
         if not whole:

@@ -111,9 +111,9 @@ class EnergyReport:
         lines.append('')
 
         if self.attention:
-            lines += ['## Q/K/V firing rates per block', '',
-                      f'Rates pooled over {"batches (published rule)" if self.rate_average == "batches" else "all samples"}.',
-                      '', '| attention | heads | T | tokens N | d | r_q | r_k | r_v |', '|---|---|---|---|---|---|---|---|']
+            pooled = 'the mean of per-batch rates (published rule)' if self.rate_average == 'batches' else 'all samples'
+            lines += ['## Q/K/V firing rates per block', '', f'Rates over {pooled}.', '',
+                      '| attention | heads | T | tokens N | d | r_q | r_k | r_v |', '|---|---|---|---|---|---|---|---|']
             for a in self.attention:
                 lines.append(f'| {a.name} | {a.heads} | {a.T} | {a.tokens} | {a.head_dim} | {a.rate_q:.2%} | '
                              f'{a.rate_k:.2%} | {a.rate_v:.2%} |')

@@ -62,8 +62,6 @@ def published_row(cfg, model):
 
 
 def main(argv=None) -> dict:
-    import torch
-
     from energy import estimate_energy
     from energy.plot import plot_report
     from energy.report import mj, si
