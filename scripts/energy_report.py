@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
                f'{model.num_heads} heads), data set `{cfg.dataset}`',
                f'checkpoint `{cfg.checkpoint}`{" (EMA weights)" if cfg.use_ema else ""}, config '
                + (f'`{cfg.source}`' if cfg.source else 'the one saved in the checkpoint'),
-               f'{total} batches on {device}' + (f', autocast {info["amp_dtype"]}' if amp_dtype else '')]
+               f'{total} batch{"es" if total != 1 else ""} on {device}' + (f', autocast {info["amp_dtype"]}' if amp_dtype else '')]
     with open(os.path.join(output, 'energy.md'), 'w') as f:
         f.write(report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=details))
     plot_report(report, os.path.join(output, 'energy.png'), title=title)
