@@ -22,7 +22,7 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
                              gridspec_kw={'height_ratios': [3, 2, 2][:rows]}, constrained_layout=True)
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
     fig.suptitle(f'{title + chr(10) if title else ""}{mj(report.energy_mj)} per sample: {si(report.mac_ops)} MAC, '
-                 f'{si(report.ac_ops)} AC ({report.samples} samples{top1})', fontsize=11)
+                 f'{si(report.ac_ops)} AC ({report.samples} sample{"s" if report.samples != 1 else ""}{top1})', fontsize=11)
 
     ax = axes[0]
     ax.bar(x, [layer.energy_mj for layer in layers], color=colors)

@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     plot_report(report, os.path.join(output, 'energy.png'), title=title)
 
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
-    print(f'{title} ({report.samples} samples{top1}): {si(report.mac_ops, digits=6)} MAC, '
+    print(f'{title} ({report.samples} sample{"s" if report.samples != 1 else ""}{top1}): {si(report.mac_ops, digits=6)} MAC, '
           f'{si(report.ac_ops, digits=6)} AC, {mj(report.energy_mj, digits=6)} per sample'
           + (f' (paper: {row.energy_mj} mJ)' if row else '')
           + f'\nreport: {os.path.join(output, "energy.md")}')
