@@ -21,8 +21,9 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
     fig, axes = plt.subplots(rows, 1, figsize=(max(8.0, 0.22 * n + 2.5), 3.2 * rows + 1.8),
                              gridspec_kw={'height_ratios': [3, 2, 2][:rows]}, constrained_layout=True)
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
+    samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
     fig.suptitle(f'{title + chr(10) if title else ""}{mj(report.energy_mj)} per sample: {si(report.mac_ops)} MAC, '
-                 f'{si(report.ac_ops)} AC ({report.samples} sample{"s" if report.samples != 1 else ""}{top1})', fontsize=11)
+                 f'{si(report.ac_ops)} AC ({samples}{top1})', fontsize=11)
 
     ax = axes[0]
     ax.bar(x, [layer.energy_mj for layer in layers], color=colors)

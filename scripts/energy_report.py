@@ -124,13 +124,15 @@ def main(argv=None) -> dict:
                f'{model.num_heads} heads), data set `{cfg.dataset}`',
                f'checkpoint `{cfg.checkpoint}`{" (EMA weights)" if cfg.use_ema else ""}, config '
                + (f'`{cfg.source}`' if cfg.source else 'the one saved in the checkpoint'),
-               f'{total} batch{"es" if total != 1 else ""} on {device}' + (f', autocast {info["amp_dtype"]}' if amp_dtype else '')]
+               f'{total} batch{"es" if total != 1 else ""} on {device}'
+               + (f', autocast {info["amp_dtype"]}' if amp_dtype else '')]
     with open(os.path.join(output, 'energy.md'), 'w') as f:
         f.write(report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=details))
     plot_report(report, os.path.join(output, 'energy.png'), title=title)
 
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
-    print(f'{title} ({report.samples} sample{"s" if report.samples != 1 else ""}{top1}): {si(report.mac_ops, digits=6)} MAC, '
+    samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
+    print(f'{title} ({samples}{top1}): {si(report.mac_ops, digits=6)} MAC, '
           f'{si(report.ac_ops, digits=6)} AC, {mj(report.energy_mj, digits=6)} per sample'
           + (f' (paper: {row.energy_mj} mJ)' if row else '')
           + f'\nreport: {os.path.join(output, "energy.md")}')
