@@ -37,7 +37,8 @@ torch.backends.cudnn.allow_tf32 = False          # float32 means float32 here: t
 torch.backends.cuda.matmul.allow_tf32 = False
 dev = torch.device(DEVICE)
 out_dir = sys.argv[1]
-print(f'device {torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE}, torch {torch.__version__}, CUDA {torch.version.cuda}, '
+name = torch.cuda.get_device_name(0) if DEVICE == 'cuda' else DEVICE
+print(f'device {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, '
       f'CuPy {"available" if cupy_available() else "not importable: the cupy path is skipped"}')
 paths = ['torch', 'fused'] + (['cupy'] if cupy_available() and DEVICE == 'cuda' else [])
 report, failures = {'neuron': [], 'model': []}, []
@@ -88,7 +89,8 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
                         (row['spikes_differing_from_torch'] or row['grad_rel_err_vs_torch'] > 1e-4):
                     failures.append(row)
 print('\nneuron level (4 x 2^20 inputs): spikes differing / gradient relative error')
-print('| dtype | tau | v_th | path | spikes != torch | spikes != true division | grad err vs torch | grad err vs float64 |')
+print('| dtype | tau | v_th | path | spikes != torch | spikes != true division | grad err vs torch | '
+      'grad err vs float64 |')
 print('|---|---|---|---|---:|---:|---:|---:|')
 for r in report['neuron']:
     print(f"| {r['dtype']} | {r['tau']} | {r['v_threshold']} | {r['path']} | {r['spikes_differing_from_torch']} | "
