@@ -65,11 +65,10 @@ def main(argv=None) -> dict:
     from energy import estimate_energy
     from energy.plot import plot_report
     from energy.report import mj, si
-    from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
+    from models import read_checkpoint
     from utils.data import build_eval_loader, resolve_data_config
     from utils.distributed import select_device
-    from utils.factory import build_model
-    from utils.main import amp_setup, default_output
+    from utils.main import amp_setup, default_output, load_trained_model
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv, None, extra_keys=EXTRA_KEYS)
@@ -91,12 +90,7 @@ def main(argv=None) -> dict:
     if cfg.precision == 'amp':
         cfg.amp = True
         amp_dtype, _ = amp_setup(cfg, device)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(checkpoint_filter_fn(checkpoint, model, use_ema=cfg.use_ema), strict=True)
-    except CheckpointError as e:
-        raise CheckpointError(f'{cfg.checkpoint}: {e}\nPass the config it was trained with (--config).') from None
-    model.to(device)
+    model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
     limit = cfg.limit_batches if cfg.limit_batches is not None else cfg.limit_eval_batches
     batches = loader if limit is None else itertools.islice(loader, limit)

@@ -212,6 +212,16 @@ def _argv_has_config(argv: Sequence[str]) -> bool:
     return any(a == '--config' or a.startswith('--config=') for a in argv)
 
 
+def load_trained_model(cfg: Config, checkpoint, device: torch.device) -> torch.nn.Module:
+    """``cfg``'s model with the weights of ``checkpoint`` (``cfg.use_ema`` picks the EMA ones), on ``device``."""
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(checkpoint_filter_fn(checkpoint, model, use_ema=cfg.use_ema), strict=True)
+    except CheckpointError as e:
+        raise CheckpointError(f'{cfg.checkpoint}: {e}\nPass the config it was trained with (--config).') from None
+    return model.to(device)
+
+
 def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
     """Evaluate ``--checkpoint`` on the validation split; print and write ``results.json`` into ``--output``.
 
@@ -232,12 +242,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype, _ = amp_setup(cfg, device)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(checkpoint_filter_fn(checkpoint, model, use_ema=cfg.use_ema), strict=True)
-    except CheckpointError as e:
-        raise CheckpointError(f'{cfg.checkpoint}: {e}\nPass the config it was trained with (--config).') from None
-    model.to(device)
+    model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype, limit_batches=cfg.limit_eval_batches)
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
