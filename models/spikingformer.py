@@ -39,7 +39,7 @@ class SpikingformerModel(nn.Module):
     ``patch_size`` (checked against the layout: 16 for 'imagenet'/'dvs', 4 for 'cifar'), ``in_channels``,
     ``num_classes``, ``embed_dims``, ``num_heads``, ``mlp_ratios``, ``depths``, ``T`` (time steps).
     Additions: ``layout`` ('imagenet' | 'cifar' | 'dvs'), ``tau`` (defaults to the layout's: 2.0, or 1.5 for
-    'dvs'), ``backend`` of the neurons ('auto' | 'torch' | 'cupy').
+    'dvs'), ``backend`` of the neurons ('auto' | 'torch' | 'cupy' | 'fused', see models.neuron).
 
     Input: images ``[B, C, H, W]`` (repeated T times: direct encoding) or, for 'dvs', event frames
     ``[B, T, C, H, W]``. Output: logits ``[B, num_classes]``.
