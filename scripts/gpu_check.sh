@@ -98,7 +98,7 @@ for r in report['neuron']:
           f"{r['grad_rel_err_vs_float64']:.1e} |")
 
 # the whole reference model: every neuron's spikes, logits and parameter gradients against the torch backend
-ref_path = os.environ.get('SPIKINGFORMER_REFERENCE', '../shared/reference/spikingformer_cifar_tiny.pt')
+ref_path = os.environ.get('SPIKINGFORMER_REFERENCE', 'tests/fixtures/spikingformer_cifar_tiny.pt')
 ref = torch.load(ref_path, weights_only=True)['cifar_style'] if os.path.exists(ref_path) else None
 if ref is None:
     print(f'\nreference fixture not found at {ref_path}: model check on a random CIFAR 2-384 instead')

@@ -78,7 +78,10 @@ def _tiny_reference_model(reference):
     return model
 
 
-def test_reference_eval_logits_and_firing_rates(reference):
+def test_reference_eval_logits_and_firing_rates(layout_reference):
+    """Every published layout (CIFAR, ImageNet, DVS with tau 1.5 on event frames) computes what the published code
+    computed: logits and every neuron's firing rate."""
+    reference = layout_reference
     model = _tiny_reference_model(reference).eval()
     rates = {}
     own_to_published = {}
@@ -87,8 +90,8 @@ def test_reference_eval_logits_and_firing_rates(reference):
             module.register_forward_hook(functools.partial(
                 lambda n, m, i, o: rates.__setitem__(n, o.float().mean().item()), name))
     for published in reference['lif_rates']:
-        own = re.sub(r'^patch_embed\.block([1-4])_lif$', lambda m: f'patch_embed.stages.{int(m[1]) - 1}.lif',
-                     published)
+        own = re.sub(r'^patch_embed\.(?:block|proj)([1-4])_lif$',
+                     lambda m: f'patch_embed.stages.{int(m[1]) - 1}.lif', published)
         own_to_published[own] = published
     with torch.no_grad():
         logits = model(reference['input'])
@@ -98,7 +101,8 @@ def test_reference_eval_logits_and_firing_rates(reference):
         assert rates[own] == pytest.approx(reference['lif_rates'][published], abs=1e-6), own
 
 
-def test_reference_train_logits_loss_and_gradients(reference):
+def test_reference_train_logits_loss_and_gradients(layout_reference):
+    reference = layout_reference
     model = _tiny_reference_model(reference).train()
     logits = model(reference['input'])
     torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
