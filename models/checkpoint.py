@@ -79,6 +79,17 @@ def _rename(key: str) -> str:
     return key
 
 
+def renamed_state_dict(checkpoint: Mapping, use_ema: bool = False) -> dict:
+    """The weights of ``checkpoint`` (see :func:`checkpoint_filter_fn`) under this model's names, unused tensors
+    dropped, not yet checked against a model."""
+    state = {}
+    for key, value in _select_state_dict(checkpoint, use_ema).items():
+        key = _rename(key)
+        if not _DROPPED.match(key):
+            state[key] = value
+    return state
+
+
 def checkpoint_filter_fn(checkpoint: Mapping, model: nn.Module, use_ema: bool = False) -> dict:
     """A state dict that ``model.load_state_dict(..., strict=True)`` accepts.
 
@@ -86,11 +97,7 @@ def checkpoint_filter_fn(checkpoint: Mapping, model: nn.Module, use_ema: bool = 
     ``use_ema`` or when alone, ``state_dict_ema``). Raises :class:`CheckpointError` naming the keys or shapes that
     disagree when the checkpoint belongs to another architecture.
     """
-    state = {}
-    for key, value in _select_state_dict(checkpoint, use_ema).items():
-        key = _rename(key)
-        if not _DROPPED.match(key):
-            state[key] = value
+    state = renamed_state_dict(checkpoint, use_ema)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
