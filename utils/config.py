@@ -94,6 +94,8 @@ SCHEMA = {
     'warmup_epochs': _k(20, int, 'linear warmup epochs inside the schedule'),
     'warmup_lr': _k(1e-5, float, 'learning rate at the start of the warmup'),
     'min_lr': _k(1e-5, float, 'learning rate at the end of the schedule'),
+    'grad_accum_steps': _k(1, int, 'batches per optimizer step (gradient accumulation); global batch = batch_size x '
+                           'processes x grad_accum_steps'),
     'amp': _k(True, bool, 'automatic mixed precision'),
     'amp_dtype': _k('auto', str, 'auto = float16 (with a gradient scaler) on CUDA, bfloat16 on CPU',
                     choices=('auto', 'float16', 'bfloat16')),
@@ -106,9 +108,12 @@ SCHEMA = {
                   nullable=True),
     'output': _k(None, str, 'run folder; null = output/<train|test>/<time>-<dataset>-<model>', nullable=True),
     'resume': _k(None, str, 'continue training from this checkpoint (last.pth.tar of a run)', nullable=True),
+    'initial_checkpoint': _k(None, str, 'start a new run from this checkpoint\'s weights (fine-tuning; the head is '
+                             're-initialised when the class count differs)', nullable=True),
     'checkpoint': _k(None, str, 'checkpoint to evaluate (test.py)', nullable=True),
-    'use_ema': _k(False, bool, 'evaluate the EMA weights of the checkpoint (test.py)'),
-    'log_interval': _k(50, int, 'batches between progress lines when the output is not a terminal'),
+    'use_ema': _k(False, bool, 'take the EMA weights of the checkpoint (test.py --checkpoint, --initial-checkpoint)'),
+    'log_interval': _k(50, int, 'batches between progress lines when the output is not a terminal (and at least one '
+                       'line a minute)'),
     'limit_train_batches': _k(None, int, 'train on at most this many batches per epoch; null = all', nullable=True),
     'limit_eval_batches': _k(None, int, 'evaluate at most this many batches; null = all', nullable=True),
     'local_rank': _k(0, int, 'set by torch.distributed.launch (--local-rank); the LOCAL_RANK variable wins'),

@@ -2,7 +2,8 @@
 
 ``torchrun`` and ``python -m torch.distributed.launch`` both export ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
 rendezvous address; ``torch.distributed.launch`` also passes ``--local-rank=N``, which the config accepts (as
-``--local_rank``) and which the environment variable overrides. NCCL on CUDA, gloo on CPU.
+``--local_rank``) and which the environment variable overrides. Without them, tasks started by SLURM's ``srun`` find
+their place in SLURM's variables (``utils.slurm``). NCCL on CUDA, gloo on CPU.
 """
 import os
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch.distributed as dist
 
 from .config import Config
 from .errors import UserError
+from .slurm import slurm_task
 
 
 @dataclass
@@ -43,15 +45,27 @@ def select_device(cfg: Config, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(cfg: Config) -> DistInfo:
-    """Join the process group when launched with several processes; pick this process's device."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    local_rank = int(os.environ.get('LOCAL_RANK', cfg.local_rank))
-    device = select_device(cfg, local_rank if world > 1 else 0)
+    """Join the process group when launched with several processes; pick this process's device.
+
+    torchrun's (and torch.distributed.launch's) variables win when present; otherwise several tasks started by
+    SLURM's ``srun`` are recognised (``utils.slurm``). Under SLURM the GPU is ``SLURM_LOCALID`` modulo the GPUs this
+    task sees, so both ``--gpus-per-node`` (every task sees all) and ``--gpus-per-task=1`` (each sees its own) work.
+    """
+    task = None if 'WORLD_SIZE' in os.environ else slurm_task(os.environ)
+    if task is not None:
+        world, local_rank = task.world, task.local_rank
+        device = select_device(cfg, local_rank % max(torch.cuda.device_count(), 1))
+    else:
+        world = int(os.environ.get('WORLD_SIZE', '1'))
+        local_rank = int(os.environ.get('LOCAL_RANK', cfg.local_rank))
+        device = select_device(cfg, local_rank if world > 1 else 0)
     if world == 1:
         return DistInfo(device=device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
-    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', init_method='env://',
+    where = dict(init_method='env://') if task is None else \
+        dict(init_method=task.init_method, rank=task.rank, world_size=task.world)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', **where,
                             device_id=device if device.type == 'cuda' else None)
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
 

@@ -5,8 +5,8 @@ smoothed targets (it stays so after mixup is switched off, the targets then bein
 timm's ``LabelSmoothingCrossEntropy``; evaluation uses plain cross-entropy. The model's neurons start from zero on
 every call, so no ``reset_net`` is needed between batches.
 """
+import contextlib
 import sys
-import time
 from typing import Callable, Optional
 
 import torch
@@ -16,6 +16,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from tqdm import tqdm
 
 from .errors import DataError, NonFiniteLossError
+from .progress import EpochMeter
 
 
 def train_loss_fn(mixup_fn, smoothing: float) -> torch.nn.Module:
@@ -36,20 +37,39 @@ def _all_sum(values, device: torch.device, distributed: bool) -> list:
 
 
 def _progress(loader, total: int, desc: str, show: bool, leave: bool = True):
-    """A tqdm bar on rank 0 when stderr is a terminal; otherwise quiet."""
+    """A tqdm bar on rank 0 when stderr is a terminal; otherwise quiet. ``smoothing=0``: tqdm's rate and ETA are
+    averages over the epoch so far, as the log lines' (``utils.progress``)."""
     return tqdm(loader, total=total, desc=desc, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True,
-                leave=leave)
+                leave=leave, smoothing=0)
 
 
 def _num_batches(loader, limit: Optional[int]) -> int:
     return len(loader) if limit is None else min(len(loader), limit)
 
 
+def accumulation_group_size(batch: int, total: int, steps: int) -> int:
+    """The number of batches in the accumulation group of batch ``batch`` (0-based) of an epoch of ``total``.
+
+    As timm's ``train.py``: groups of ``steps`` batches, and a last, partial group of ``total % steps`` batches that
+    still makes an optimizer step, its losses divided by its own size (so each step averages the loss over the
+    images that went into it).
+    """
+    remainder = total % steps
+    return remainder if remainder and batch >= total - remainder else steps
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epoch: int, *, mixup_fn=None,
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, ema=None, limit_batches: Optional[int] = None,
                     log_interval: int = 50, is_main: bool = True, distributed: bool = False,
-                    log: Callable[[str], None] = print) -> dict:
-    """Train one epoch; returns ``dict(loss, lr, samples, img_s)`` (loss averaged over all samples of all ranks).
+                    log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None) -> dict:
+    """Train one epoch; returns ``dict(loss, lr, samples, img_s, seconds)`` (loss averaged over all samples of all
+    ranks).
+
+    Gradient accumulation (``grad_accum_steps`` N > 1, timm's scheme): the gradients of N batches are summed, each
+    loss divided by N (by the size of the last, partial group: :func:`accumulation_group_size`), and the optimizer,
+    the gradient scaler and the EMA step once per group; under DDP the gradients are all-reduced only on a group's
+    last batch (``no_sync`` before it). N = 1 is the plain step, unchanged. The learning rate schedule stays per
+    epoch.
 
     A NaN or infinite loss on any rank stops every rank with :class:`NonFiniteLossError` before the optimizer step,
     so the last checkpoint written stays the last good one.
@@ -57,7 +77,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     model.train()
     total = _num_batches(loader, limit_batches)
     lr = optimizer.param_groups[0]['lr']
-    loss_sum, count, start = 0.0, 0, time.time()
+    loss_sum, count = 0.0, 0
+    world = dist.get_world_size() if distributed else 1
+    meter = EpochMeter(total, epoch, world, run_clock, log_interval)
     bar = _progress(loader, total, f'epoch {epoch}', is_main)
     for i, (images, targets) in enumerate(bar):
         if i >= total:
@@ -65,36 +87,45 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
-        with _autocast(device, amp_dtype):
-            loss = loss_fn(model(images), targets)
-        value = loss.item()
-        bad = _all_sum([float(value != value or abs(value) == float('inf'))], device, distributed)[0]
-        if bad:
-            raise NonFiniteLossError(
-                f'the training loss became {value} (NaN or infinite) at epoch {epoch}, batch {i}: training diverged.\n'
-                f'The last good checkpoint (last.pth.tar of the run folder) is left in place. Lower --lr, or run '
-                f'without --amp (or with --amp-dtype bfloat16), then continue with --resume <run>/last.pth.tar.')
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if ema is not None:
-            ema.update(model.module if hasattr(model, 'module') else model)
+        group = accumulation_group_size(i, total, grad_accum_steps)
+        last_of_group = (i + 1) % grad_accum_steps == 0 or i + 1 == total
+        with model.no_sync() if hasattr(model, 'no_sync') and not last_of_group else contextlib.nullcontext():
+            with _autocast(device, amp_dtype):
+                loss = loss_fn(model(images), targets)
+            value = loss.item()
+            bad = _all_sum([float(value != value or abs(value) == float('inf'))], device, distributed)[0]
+            if bad:
+                raise NonFiniteLossError(
+                    f'the training loss became {value} (NaN or infinite) at epoch {epoch}, batch {i}: training '
+                    f'diverged.\nThe last good checkpoint (last.pth.tar of the run folder) is left in place. Lower '
+                    f'--lr, or run without --amp (or with --amp-dtype bfloat16), then continue with --resume '
+                    f'<run>/last.pth.tar.')
+            if i % grad_accum_steps == 0:
+                optimizer.zero_grad(set_to_none=True)
+            if group > 1:
+                loss = loss / group
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if last_of_group:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if ema is not None:
+                ema.update(model.module if hasattr(model, 'module') else model)
         loss_sum += value * images.shape[0]
         count += images.shape[0]
-        img_s = count / max(time.time() - start, 1e-9)
-        bar.set_postfix(loss=f'{loss_sum / count:.4f}', lr=f'{lr:.3g}', img_s=f'{img_s:.1f}', refresh=False)
-        if bar.disable and is_main and log_interval and (i + 1) % log_interval == 0 and i + 1 < total:
-            log(f'epoch {epoch} [{i + 1}/{total}] loss {loss_sum / count:.4f} lr {lr:.3g} {img_s:.1f} img/s')
+        meter.update(images.shape[0])
+        if not bar.disable:
+            bar.set_postfix(meter.postfix(loss_sum / count, lr), refresh=False)
+        elif is_main and meter.log_due():
+            log(meter.line(loss_sum / count, lr))
     bar.close()
+    seconds = meter.elapsed
     loss_sum, count = _all_sum([loss_sum, count], device, distributed)
     if count == 0:
         raise DataError('the training set gave no batch: it has fewer samples than --batch-size (per process).')
-    return dict(loss=loss_sum / count, lr=lr, samples=int(count), img_s=count / max(time.time() - start, 1e-9))
+    return dict(loss=loss_sum / count, lr=lr, samples=int(count), img_s=count / max(seconds, 1e-9), seconds=seconds)
 
 
 @torch.no_grad()

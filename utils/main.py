@@ -31,6 +31,8 @@ from .distributed import DistInfo, barrier, cleanup_distributed, init_distribute
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError
 from .factory import build_model
+from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
+from .progress import RunClock, format_duration
 
 SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
 EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
@@ -125,6 +127,9 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     if cfg.resume and not os.path.isfile(cfg.resume):
         raise CheckpointError(f'checkpoint to resume from not found: {cfg.resume}\nPass the last.pth.tar of a run '
                               f'folder (relative paths start in the current directory: {os.getcwd()}).')
+    if cfg.grad_accum_steps < 1:
+        raise UserError(f'--grad-accum-steps must be 1 or more, got {cfg.grad_accum_steps}.')
+    initial_checkpoint = initial_checkpoint_to_load(cfg)
     if cfg.output is None:
         cfg.output = os.path.dirname(os.path.abspath(cfg.resume)) if cfg.resume else default_output(cfg, 'train')
 
@@ -136,7 +141,9 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg).to(device)
+    model = build_model(cfg)
+    loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema) if initial_checkpoint else None
+    model = model.to(device)
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
     # created before a resume loads the optimizer state, so the schedule follows this run's config
     scheduler, num_epochs = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
@@ -158,6 +165,8 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     log = RunLog(cfg.output, info.is_main)
     if cfg.resume:
         log(f'resumed from {cfg.resume} at epoch {start_epoch}')
+    if loaded:
+        log(loaded)
     summary_path = os.path.join(cfg.output, 'summary.csv')
     rows = _read_summary(summary_path, start_epoch) if info.is_main else []
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
@@ -165,8 +174,13 @@ def _train(cfg: Config, info: DistInfo) -> dict:
         f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
         f'{num_epochs} epochs, {info.world} process(es) on {device}, '
         f'amp {str(amp_dtype).replace("torch.", "") if amp_dtype else "off"}, run {cfg.output}')
+    if cfg.grad_accum_steps > 1:
+        log(f'gradient accumulation: {cfg.grad_accum_steps} batches per optimizer step, global batch {cfg.batch_size} '
+            f'x {info.world} x {cfg.grad_accum_steps} = {cfg.batch_size * info.world * cfg.grad_accum_steps}')
+    clock = RunClock(start_epoch, num_epochs)
 
     for epoch in range(start_epoch, num_epochs):
+        clock.start_epoch()
         seed_everything(cfg.seed, info.rank, epoch)
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
@@ -175,7 +189,7 @@ def _train(cfg: Config, info: DistInfo) -> dict:
         train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=mixup_fn,
                                 amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
                                 log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
-                                log=log)
+                                log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock)
         if info.distributed:  # every rank evaluates (and rank 0 saves) the same averaged BatchNorm statistics
             distribute_bn(model, info.world, reduce=True)
         kwargs = dict(amp_dtype=amp_dtype, limit_batches=cfg.limit_eval_batches, distributed=info.distributed,
@@ -198,9 +212,11 @@ def _train(cfg: Config, info: DistInfo) -> dict:
                                     scaler, ema)
             save_run_checkpoint(cfg.output, state, is_best)
             log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+        clock.end_epoch(train['seconds'])
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
             f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
-            f'best top-1 {best_metric:.2f}% (epoch {best_epoch})')
+            f'best top-1 {best_metric:.2f}% (epoch {best_epoch}) | {format_duration(clock.elapsed())} elapsed, '
+            f'{format_duration(clock.remaining_after(epoch))} remaining')
     if best_metric is not None:
         log(f'done: best top-1 {best_metric:.2f}% at epoch {best_epoch}; run folder {cfg.output} '
             f'(summary.csv, model_best.pth.tar, last.pth.tar)')
