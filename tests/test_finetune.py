@@ -69,7 +69,8 @@ def test_every_tensor_but_the_head_equals_the_checkpoints(setup):
 
 def test_fine_tuning_trains_and_resumes(setup, tmp_path):
     out = tmp_path / 'run'
-    result = train_main(setup['base'] + SHORT + ['-T', '2', '--initial-checkpoint', setup['path'], '--output', str(out)])
+    argv = setup['base'] + SHORT + ['-T', '2', '--initial-checkpoint', setup['path'], '--output', str(out)]
+    result = train_main(argv)
     assert result['best_epoch'] == 0
     log = (out / 'log.txt').read_text()
     assert f'initial weights from {setup["path"]}' in log and 're-initialised' in log

@@ -11,10 +11,12 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from test_engine import CIFAR10_YML, run
 from utils.config import load_config
 from utils.engine import accumulation_group_size, train_loss_fn, train_one_epoch
-from utils.errors import NonFiniteLossError
+from utils.errors import EXIT_BAD_INPUT, NonFiniteLossError
 from utils.factory import build_model
+from utils.main import train_main
 
 TINY = ['--embed-dims', '32', '--depths', '1', '--num-heads', '2', '-T', '1', '--img-size', '16', '--num-classes', '10']
 B = 4
@@ -121,3 +123,10 @@ def test_non_finite_loss_stops_before_the_group_steps(setup):
                             grad_accum_steps=steps)
         same = all(torch.equal(a, b) for a, b in zip(trained.parameters(), model.parameters()))
         assert same != stepped  # N = 2: no step was made; N = 1: the first batch had stepped
+
+
+def test_fewer_than_one_step_is_refused(tmp_path, capsys):
+    code, err = run(train_main, ['--config', CIFAR10_YML, '--grad-accum-steps', '0', '--output', str(tmp_path / 'r')],
+                    capsys)
+    assert code == EXIT_BAD_INPUT and '--grad-accum-steps' in err and 'Traceback' not in err
+    assert not (tmp_path / 'r').exists()
