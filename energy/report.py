@@ -149,13 +149,14 @@ class EnergyReport:
             lines.append('')
 
         total = self.energy_mj or 1.0
+        factor, unit = energy_unit(total)
         lines += ['## Per layer', '', 'In execution order; `product_kv` is `K^T V` (rate min(r_k, r_v)), `product_q` '
                   'is `Q (K^T V)` (rate r_q).', '',
-                  '| # | operation | kind | dense ops | input firing rate | ops | energy | share |',
+                  f'| # | operation | kind | dense ops | input firing rate | ops | energy ({unit}) | share |',
                   '|---|---|---|---|---|---|---|---|']
         for i, layer in enumerate(self.layers):
             rate = percent(layer.firing_rate) if layer.kind == 'ac' else 'dense'
             lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {si(layer.dense_ops)} | {rate} | '
-                         f'{si(layer.ops)} | {mj(layer.energy_mj)} | {share(layer.energy_mj / total)} |')
+                         f'{si(layer.ops)} | {layer.energy_mj / factor:.{DIGITS}g} | {share(layer.energy_mj / total)} |')
         lines.append('')
         return '\n'.join(lines)
