@@ -38,6 +38,14 @@ def _run_label(group: str, first_name: str) -> str:
 
 def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) -> None:
     """Write the figure to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+    fig = energy_figure(report, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def energy_figure(report: EnergyReport, title: Optional[str] = None):
+    """The figure (a matplotlib ``Figure``; its first two axes are the energy and the firing-rate panels)."""
     import matplotlib
     matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -72,7 +80,7 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
     positive = [v for v in values if v > 0]
     low = min(positive) / 4 if positive else 1e-3
     high = max(positive) * 30 if positive else 1.0
-    ax.barh(y, [v if v > 0 else 0 for v in values], height=0.7, left=low,
+    ax.barh(y, [max(v - low, 0.0) for v in values], height=0.7, left=low,  # bars from the axis' left end to v
             color=[COLORS[layer.kind] for layer in layers])
     for yi, v, layer in zip(y, values, layers):
         ax.text(max(v, low) * 1.15, yi, f'{share(layer.energy_mj / total)}', va='center', fontsize=7)
@@ -120,8 +128,7 @@ def plot_report(report: EnergyReport, path: str, title: Optional[str] = None) ->
         ax.legend(fontsize=8, ncol=3, loc='upper right')
         ax.grid(axis='y', alpha=0.3)
     fig.subplots_adjust(left=0.25, right=0.9, top=1 - 1.05 / fig.get_figheight(), bottom=0.5 / fig.get_figheight())
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _group_bands(ax, runs, y, names, labels: bool = False) -> None:
