@@ -102,7 +102,7 @@ class SpikeReport:
         lines = [f'# {title}', '']
         lines += [f'- {d}' for d in details]
         top1 = f', top-1 {self.top1:.2f}%' if self.top1 is not None else ''
-        lines += [f'- {self.samples} samples in {self.batches} batches{top1}; rates pool every sample, time step, '
+        lines += [f'- {self.samples} samples{top1}; rates pool every sample, time step, '
                   f'channel and position; rates to 4 significant figures', '',
                   '## Firing rate per neuron', '',
                   'In network order. Silent: channels that never fired; always: channels that fired at every sample, '
