@@ -117,8 +117,8 @@ class EnergyReport:
         lines = [f'# {title}', '']
         lines += [f'- {d}' for d in details]
         lines += [f'- samples: {self.samples}; E_MAC = {self.e_mac_pj} pJ, E_AC = {self.e_ac_pj} pJ (45 nm); '
-                  f'counts and energy are per sample', f'- numbers to {DIGITS} significant figures (the MAC count exactly), '
-                  f'shares to 0.1%', '']
+                  f'counts and energy are per sample',
+                  f'- numbers to {DIGITS} significant figures (the MAC count exactly), shares to 0.1%', '']
         lines += ['## Totals', '', '| | ours |' + (' paper |' if paper else ''),
                   '|---|---|' + ('---|' if paper else '')]
 
@@ -156,7 +156,8 @@ class EnergyReport:
                   '|---|---|---|---|---|---|---|---|']
         for i, layer in enumerate(self.layers):
             rate = percent(layer.firing_rate) if layer.kind == 'ac' else 'dense'
+            energy = f'{layer.energy_mj / factor:.{DIGITS}g}'
             lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {si(layer.dense_ops)} | {rate} | '
-                         f'{si(layer.ops)} | {layer.energy_mj / factor:.{DIGITS}g} | {share(layer.energy_mj / total)} |')
+                         f'{si(layer.ops)} | {energy} | {share(layer.energy_mj / total)} |')
         lines.append('')
         return '\n'.join(lines)

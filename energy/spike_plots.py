@@ -90,7 +90,7 @@ def plot_firing_rates(report: SpikeReport, path: str, title: Optional[str] = Non
     bars.grid(axis='x', alpha=0.3)
     ax.set_ylim(n - 0.5, -0.5)
     _title(fig, title, f'firing rate of every neuron, in network order ({report.samples} samples)')
-    bars.text(1.03, -0.5 - 0.2, 'overall rate; channels silent / always firing', fontsize=6, va='bottom', style='italic',
+    bars.text(1.03, -0.7, 'overall rate; channels silent / always firing', fontsize=6, va='bottom', style='italic',
               transform=bars.get_yaxis_transform())
     fig.subplots_adjust(left=2.4 / fig.get_figwidth(), right=1 - 2.3 / fig.get_figwidth(),
                         bottom=0.5 / fig.get_figheight(),

@@ -19,7 +19,8 @@ the same machinery and spike provenance as the energy estimate) and returns a :c
   steps (entry ``(i, j)``: in how many of the head's ``d`` channels query token ``i`` and key token ``j`` both fire),
   and that sample's Q, K and V firing rates per head. The model is not changed to get them.
 
-Counts are exact (float64 sums of 0/1 values) and stay on the device until the report is built.
+Counts are exact (0/1 values summed in float32 over positions, then in float64) and stay on the device until the
+report is built.
 """
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -107,8 +108,8 @@ class SpikeReport:
                   '## Firing rate per neuron', '',
                   'In network order. Silent: channels that never fired; always: channels that fired at every sample, '
                   'time step and position. "read by": the layers whose input is these spikes (their input firing '
-                  'rate in the energy report is this rate; † after max pooling, which raises it); "products (r_q)": the '
-                  'Q/K/V rate of the attention products in the energy report.', '',
+                  'rate in the energy report is this rate; † after max pooling, which raises it); "products (r_q)": '
+                  'the Q/K/V rate of the attention products in the energy report.', '',
                   '| # | neuron | group | channels x positions | rate | per time step | silent | always | read by |',
                   '|---|---|---|---|---|---|---|---|---|']
         for i, n in enumerate(self.neurons):
@@ -191,7 +192,8 @@ class SpikeRecorder(SpikeHooks):
             entry.attention, _, entry.role = self._roles.get(id(module), (None, None, None))
         T, B = spikes.shape[:2]
         cells = spikes.reshape(T, B, spikes.shape[2] if spikes.dim() > 2 else 1, -1)
-        ones = cells.sum(dim=(1, 3), dtype=torch.float64)
+        # exact and without a float64 copy of the spikes: a float32 sum over positions is exact below 2^24 of them
+        ones = cells.sum(dim=3, dtype=torch.float32).sum(dim=1, dtype=torch.float64)
         entry.ones = ones if entry.ones is None else entry.ones.add_(ones)
         entry.positions = cells.shape[3]
         entry.per_cell += B * cells.shape[3]

@@ -15,6 +15,16 @@ SIZES = (1, 3, 16)
 SAMPLES = 16
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models at batch 1 are many small operations: a second thread only adds synchronisation (tens of times
+    slower on a busy machine). Results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(record):
     model = timm.create_model('Spikingformer', **record['kwargs'])
     model.load_state_dict(models.checkpoint_filter_fn(record['state_dict'], model), strict=True)

@@ -12,6 +12,16 @@ from energy.spike_plots import plot_attention, plot_firing_maps, plot_firing_rat
 from models.layers import SpikingSelfAttention, SpikingTokenizer
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models at batch 1 are many small operations: a second thread only adds synchronisation (tens of times
+    slower on a busy machine). Results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _reference_model(record):
     model = timm.create_model('Spikingformer', **record['kwargs'])
     model.load_state_dict(models.checkpoint_filter_fn(record['state_dict'], model), strict=True)
