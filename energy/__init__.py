@@ -4,14 +4,20 @@
 MACs (layers on real-valued input: the first convolution over all T steps, the head), ACs (layers on spikes, times
 the input firing rate, and the attention products), energy ``4.6 pJ x MACs + 0.9 pJ x ACs``, and one entry per
 counted operation. No per-model tables and no module names: layer kinds come from where each input was produced.
+
+``record_spikes(model, batches)`` runs the same kind of pass (the same hooks, :mod:`energy.hooks`) and returns a
+:class:`SpikeReport`: every neuron's firing rate per time step, silent and always-firing channels, tokenizer firing
+maps and the attention maps of one sample (figures: :mod:`energy.spike_plots`).
 """
 from .counter import EnergyCounter, dense_ops, neuron_types
 from .estimate import estimate_energy
 from .paper import PAPER, PaperRow, paper_row
 from .report import AttentionRates, EnergyReport, LayerEnergy
+from .spikes import SpikeRecorder, SpikeReport, record_spikes
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 
 __all__ = ['AttentionRates', 'E_AC_PJ', 'E_MAC_PJ', 'EnergyCounter', 'EnergyReport', 'LayerEnergy', 'PAPER',
-           'PaperRow', 'dense_ops', 'estimate_energy', 'neuron_types', 'paper_row']
+           'PaperRow', 'SpikeRecorder', 'SpikeReport', 'dense_ops', 'estimate_energy', 'neuron_types', 'paper_row',
+           'record_spikes']

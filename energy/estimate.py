@@ -21,16 +21,15 @@ def _correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(-1) == target.to(output.device)).sum()
 
 
-def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = 4.6, e_ac_pj: float = 0.9,
-                    rate_average: str = 'samples', device: Optional[torch.device] = None,
-                    autocast_dtype: Optional[torch.dtype] = None) -> EnergyReport:
-    """Run ``model`` in eval mode over ``batches`` and return the per-sample energy estimate.
+def evaluate_hooked(model: nn.Module, batches: Iterable, hooks, device: Optional[torch.device] = None,
+                    autocast_dtype: Optional[torch.dtype] = None) -> Optional[float]:
+    """One evaluation pass of ``model`` over ``batches`` inside the context manager ``hooks`` (an
+    :class:`energy.hooks.SpikeHooks`); returns top-1 in percent, or ``None`` unless every batch has targets.
 
     ``batches`` yields ``(input, target)`` pairs (``target`` may be ``None``) or bare inputs: images
-    ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``. Inputs go to ``device`` (default: the model's). Top-1 is
-    reported when every batch has targets. ``rate_average`` is explained in :class:`EnergyCounter`;
-    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast. The model's training flag is
-    restored and every hook removed afterwards; the model's outputs are those of a plain evaluation.
+    ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``. Inputs go to ``device`` (default: the model's);
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the pass under autocast. The model runs in eval mode under
+    ``no_grad``; its training flag is restored and every hook removed afterwards.
     """
     if device is None:
         param = next(model.parameters(), None)
@@ -42,7 +41,7 @@ def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = 4.6, 
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     try:
-        with EnergyCounter(model, rate_average=rate_average) as counter, torch.no_grad(), amp:
+        with hooks, torch.no_grad(), amp:
             for batch in batches:
                 x, target = _split(batch)
                 output = model(x.to(device, non_blocking=True))
@@ -54,5 +53,18 @@ def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = 4.6, 
                     correct = hits if correct is None else correct + hits
     finally:
         model.train(was_training)
-    top1 = 100.0 * correct.item() / seen if with_targets and correct is not None else None
+    return 100.0 * correct.item() / seen if with_targets and correct is not None else None
+
+
+def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = 4.6, e_ac_pj: float = 0.9,
+                    rate_average: str = 'samples', device: Optional[torch.device] = None,
+                    autocast_dtype: Optional[torch.dtype] = None) -> EnergyReport:
+    """Run ``model`` in eval mode over ``batches`` and return the per-sample energy estimate.
+
+    ``batches``, ``device`` and ``autocast_dtype`` are as in :func:`evaluate_hooked`. Top-1 is reported when every
+    batch has targets. ``rate_average`` is explained in :class:`EnergyCounter`. The model's outputs are those of a
+    plain evaluation.
+    """
+    counter = EnergyCounter(model, rate_average=rate_average)
+    top1 = evaluate_hooked(model, batches, counter, device=device, autocast_dtype=autocast_dtype)
     return counter.report(e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, top1=top1)

@@ -1,11 +1,14 @@
 """The energy report: per-sample totals and one entry per counted operation, as a dataclass, JSON and Markdown."""
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .paper import PaperRow
 
 
-def si(value: float, unit: str = '', digits: int = 4) -> str:
+DIGITS = 4  # every measured number in the reports: 4 significant figures (exact integer counts are written out)
+
+
+def si(value: float, unit: str = '', digits: int = DIGITS) -> str:
     """``value`` with an SI prefix (k, M, G, T) and ``digits`` significant digits: ``si(3.4733e8) == '347.3 M'``."""
     for factor, prefix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
         if abs(value) >= factor:
@@ -13,12 +16,35 @@ def si(value: float, unit: str = '', digits: int = 4) -> str:
     return f'{value:.{digits}g} {unit}'.rstrip()
 
 
-def mj(value: float, digits: int = 4) -> str:
-    """An energy in mJ, readable from 1e-6 mJ (nJ) up: ``mj(13.68) == '13.68 mJ'``, ``mj(2.5e-4) == '250 nJ'``."""
-    for factor, unit in ((1.0, 'mJ'), (1e-3, 'uJ'), (1e-6, 'nJ')):
-        if abs(value) >= factor:
-            return f'{value / factor:.{digits}g} {unit}'
-    return f'{value / 1e-6:.{digits}g} nJ' if value else '0 mJ'
+ENERGY_UNITS = ((1.0, 'mJ'), (1e-3, 'µJ'), (1e-6, 'nJ'), (1e-9, 'pJ'))
+
+
+def energy_unit(value_mj: float):
+    """``(factor, unit)`` for showing the energy ``value_mj`` (in mJ) as ``value_mj / factor`` between 1 and 1000
+    (pJ below): ``energy_unit(4.1e-4) == (1e-6, 'nJ')``."""
+    for factor, unit in ENERGY_UNITS:
+        if abs(value_mj) >= factor:
+            return factor, unit
+    return ENERGY_UNITS[-1]
+
+
+def mj(value: float, digits: int = DIGITS) -> str:
+    """An energy given in mJ, in the unit that suits it: ``mj(13.68) == '13.68 mJ'``, ``mj(2.5e-4) == '250 nJ'``."""
+    if not value:
+        return '0 mJ'
+    factor, unit = energy_unit(value)
+    return f'{value / factor:.{digits}g} {unit}'
+
+
+def percent(fraction: float, digits: int = DIGITS) -> str:
+    """A rate (0-1) in percent to ``digits`` significant figures: ``percent(0.08203) == '8.203%'``."""
+    return f'{100 * fraction:.{digits}g}%'
+
+
+def share(fraction: float) -> str:
+    """A share of a total to 0.1%, and '<0.1%' (not '0.0%') when it is not zero but rounds to it."""
+    text = f'{fraction:.1%}'
+    return '<0.1%' if fraction and text in ('0.0%', '-0.0%') else text
 
 
 @dataclass
@@ -56,7 +82,8 @@ class EnergyReport:
     """Per-sample operation counts and energy, averaged over ``samples`` evaluated samples (SPEC section 6).
 
     ``energy_mj = (e_mac_pj * mac_ops + e_ac_pj * ac_ops) * 1e-9``; ``top1`` is in percent, ``None`` without
-    targets.
+    targets. ``groups`` maps each operation's name to 'tokenizer', 'attention', 'MLP', 'head' or 'other' (for the
+    figure; see :func:`energy.counter.layer_groups`).
     """
     samples: int
     mac_ops: float
@@ -68,16 +95,17 @@ class EnergyReport:
     e_mac_pj: float = 4.6
     e_ac_pj: float = 0.9
     rate_average: str = 'samples'
+    groups: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_layers(cls, layers: Sequence[LayerEnergy], samples: int, top1: Optional[float], e_mac_pj: float,
-                    e_ac_pj: float, attention: Sequence[AttentionRates] = (),
-                    rate_average: str = 'samples') -> 'EnergyReport':
+                    e_ac_pj: float, attention: Sequence[AttentionRates] = (), rate_average: str = 'samples',
+                    groups: Optional[Dict[str, str]] = None) -> 'EnergyReport':
         mac = sum(layer.ops for layer in layers if layer.kind == 'mac')
         ac = sum(layer.ops for layer in layers if layer.kind == 'ac')
         return cls(samples=samples, mac_ops=mac, ac_ops=ac, energy_mj=(mac * e_mac_pj + ac * e_ac_pj) * 1e-9,
                    top1=top1, layers=list(layers), attention=list(attention), e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
-                   rate_average=rate_average)
+                   rate_average=rate_average, groups=dict(groups or {}))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +117,8 @@ class EnergyReport:
         lines = [f'# {title}', '']
         lines += [f'- {d}' for d in details]
         lines += [f'- samples: {self.samples}; E_MAC = {self.e_mac_pj} pJ, E_AC = {self.e_ac_pj} pJ (45 nm); '
-                  f'counts and energy are per sample', '']
+                  f'counts and energy are per sample',
+                  f'- numbers to {DIGITS} significant figures (the MAC count exactly), shares to 0.1%', '']
         lines += ['## Totals', '', '| | ours |' + (' paper |' if paper else ''),
                   '|---|---|' + ('---|' if paper else '')]
 
@@ -100,10 +129,10 @@ class EnergyReport:
         lines.append(row('top-1', top1, f'{paper.top1:.2f}%' if paper and paper.top1 is not None else None))
         lines.append(row('MAC ops', f'{self.mac_ops:,.0f} ({si(self.mac_ops)})',
                          f'{paper.mac_ops:,.0f}' if paper and paper.mac_ops else None))
-        lines.append(row('AC ops', si(self.ac_ops, digits=6),
-                         f'{paper.ac_ops / 1e9:.2f} G' if paper and paper.ac_ops else None))
-        lines.append(row('energy (MAC + AC)', f'{self.energy_mj:.6g} mJ ({mj(self.energy_mj)})',
-                         f'{paper.energy_mj:.2f} mJ' if paper else None))
+        lines.append(row('AC ops', si(self.ac_ops),
+                         si(paper.ac_ops) if paper and paper.ac_ops else None))
+        lines.append(row('energy (MAC + AC)', mj(self.energy_mj),
+                         mj(paper.energy_mj) if paper else None))
         if paper:
             lines += ['', f'Paper: {paper.source}.']
             if paper.note:
@@ -115,18 +144,20 @@ class EnergyReport:
             lines += ['## Q/K/V firing rates per block', '', f'Rates over {pooled}.', '',
                       '| attention | heads | T | tokens N | d | r_q | r_k | r_v |', '|---|---|---|---|---|---|---|---|']
             for a in self.attention:
-                lines.append(f'| {a.name} | {a.heads} | {a.T} | {a.tokens} | {a.head_dim} | {a.rate_q:.2%} | '
-                             f'{a.rate_k:.2%} | {a.rate_v:.2%} |')
+                lines.append(f'| {a.name} | {a.heads} | {a.T} | {a.tokens} | {a.head_dim} | {percent(a.rate_q)} | '
+                             f'{percent(a.rate_k)} | {percent(a.rate_v)} |')
             lines.append('')
 
         total = self.energy_mj or 1.0
+        factor, unit = energy_unit(total)
         lines += ['## Per layer', '', 'In execution order; `product_kv` is `K^T V` (rate min(r_k, r_v)), `product_q` '
                   'is `Q (K^T V)` (rate r_q).', '',
-                  '| # | operation | kind | dense ops | input firing rate | ops | energy | share |',
+                  f'| # | operation | kind | dense ops | input firing rate | ops | energy ({unit}) | share |',
                   '|---|---|---|---|---|---|---|---|']
         for i, layer in enumerate(self.layers):
-            rate = f'{layer.firing_rate:.2%}' if layer.kind == 'ac' else 'dense'
+            rate = percent(layer.firing_rate) if layer.kind == 'ac' else 'dense'
+            energy = f'{layer.energy_mj / factor:.{DIGITS}g}'
             lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {si(layer.dense_ops)} | {rate} | '
-                         f'{si(layer.ops)} | {mj(layer.energy_mj)} | {layer.energy_mj / total:.1%} |')
+                         f'{si(layer.ops)} | {energy} | {share(layer.energy_mj / total)} |')
         lines.append('')
         return '\n'.join(lines)

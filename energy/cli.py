@@ -1,0 +1,84 @@
+"""What ``scripts/energy_report.py`` and ``scripts/spike_report.py`` share: config and checkpoint loading (the same
+as ``test.py``), the model, and the evaluation batches. One code path, so both reports read checkpoints alike."""
+import itertools
+import sys
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+from utils.config import Config, Key, load_config
+from utils.errors import UserError
+
+REPORT_KEYS = {
+    'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
+                         nullable=True),
+    'precision': Key('float32', str, "float32, as the published calculator (which ignores AMP), or 'amp': autocast "
+                     "with the config's amp_dtype; the config's own amp key (a training setting) is not used here",
+                     choices=('float32', 'amp')),
+}
+
+
+def has_config(argv) -> bool:
+    return any(a == '--config' or a.startswith('--config=') for a in argv)
+
+
+@dataclass
+class ReportRun:
+    """A report's resolved config, the trained model on its device, and the evaluation batches to run."""
+    cfg: Config
+    model: torch.nn.Module
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    batches: Iterable
+    total: int  # number of batches
+
+
+def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun:
+    """Resolve the config (``--config``, or the one a ``train.py`` checkpoint carries), build the model with the
+    checkpoint's weights and the evaluation loader, limited to ``--limit-batches``. ``purpose`` completes the
+    message for a missing ``--checkpoint`` ("whose energy to estimate"); ``desc`` labels the progress bar."""
+    from models import read_checkpoint
+    from utils.data import build_eval_loader, resolve_data_config
+    from utils.distributed import select_device
+    from utils.main import amp_setup, load_trained_model
+
+    cfg = load_config(argv, None, extra_keys=extra_keys)
+    if cfg.checkpoint is None:
+        raise UserError(f'--checkpoint PATH is required: the .pth.tar file {purpose} (a run\'s '
+                        f'model_best.pth.tar, or a published checkpoint with the --config of its data set).')
+    checkpoint = read_checkpoint(cfg.checkpoint)
+    trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if not has_config(argv):
+        if not isinstance(trained_args, dict):
+            raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
+                            f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
+        own = ('output', 'resume', 'checkpoint', 'use_ema', 'local_rank')
+        cfg = load_config(argv, None, extra_keys=extra_keys,
+                          base={k: v for k, v in trained_args.items() if k not in own})
+    device = select_device(cfg)
+    resolve_data_config(cfg)
+    amp_dtype = None
+    if cfg.precision == 'amp':
+        cfg.amp = True
+        amp_dtype, _ = amp_setup(cfg, device)
+    model = load_trained_model(cfg, checkpoint, device)
+    loader = build_eval_loader(cfg, device=device)
+    limit = cfg.limit_batches if cfg.limit_batches is not None else cfg.limit_eval_batches
+    batches = loader if limit is None else itertools.islice(loader, limit)
+    total = len(loader) if limit is None else min(limit, len(loader))
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        batches = tqdm(batches, total=total, desc=desc, dynamic_ncols=True)
+    return ReportRun(cfg, model, device, amp_dtype, batches, total)
+
+
+def model_details(run: ReportRun) -> list:
+    """Lines for a report's Markdown header: model, checkpoint and config, batches and device."""
+    cfg, model = run.cfg, run.model
+    amp = f', autocast {str(run.amp_dtype).replace("torch.", "")}' if run.amp_dtype else ''
+    return [f'model `{cfg.model}` (T={model.T}, depth {model.depths}, dim {model.embed_dims}, '
+            f'{model.num_heads} heads), data set `{cfg.dataset}`',
+            f'checkpoint `{cfg.checkpoint}`{" (EMA weights)" if cfg.use_ema else ""}, config '
+            + (f'`{cfg.source}`' if cfg.source else 'the one saved in the checkpoint'),
+            f'{run.total} batch{"es" if run.total != 1 else ""} on {run.device}{amp}']
