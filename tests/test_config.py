@@ -1,4 +1,4 @@
-"""Config parsing and validation, and the published recipes in the YAML files (SPEC section 4)."""
+"""Config parsing and validation (the published recipes in the YAML files: tests/test_recipe.py)."""
 from pathlib import Path
 
 import pytest
@@ -100,42 +100,3 @@ def test_saved_config_loads_back(tmp_path):
     again = load_config(['--config', str(tmp_path / 'args.yaml')])
     assert again.to_dict() == cfg.to_dict()
     assert yaml.safe_load((tmp_path / 'args.yaml').read_text())['mean'] == [0.1, 0.2, 0.3]
-
-
-CIFAR_ROWS = {  # file: (model, classes, heads or None for the variant's, epochs)
-    'cifar10.yml': ('spikingformer_cifar_4_384', 10, None, 400),
-    'cifar10_4_256.yml': ('spikingformer_cifar_4_256', 10, None, 300),
-    'cifar10_2_384.yml': ('spikingformer_cifar_2_384', 10, None, 300),
-    'cifar10_4_384.yml': ('spikingformer_cifar_4_384', 10, None, 300),
-    'cifar100.yml': ('spikingformer_cifar_4_384', 100, 8, 400),
-    'cifar100_4_256.yml': ('spikingformer_cifar_4_256', 100, None, 300),
-    'cifar100_2_384.yml': ('spikingformer_cifar_2_384', 100, None, 300),
-    'cifar100_4_384.yml': ('spikingformer_cifar_4_384', 100, 8, 300),
-}
-IMAGENET_ROWS = {'imagenet.yml': 'spikingformer_8_768', 'spikingformer_8_384.yml': 'spikingformer_8_384',
-                 'spikingformer_8_512.yml': 'spikingformer_8_512'}
-COMMON = dict(time_steps=4, opt='adamw', opt_eps=1e-8, sched='cosine', cooldown_epochs=10, warmup_epochs=20,
-              lr=5e-4, min_lr=1e-5, smoothing=0.1, amp=True, model_ema=False, seed=42, reprob=0.25, remode='const',
-              scale=(1.0, 1.0), crop_pct=1.0, interpolation='bicubic', mixup_prob=1.0, mixup_mode='batch')
-
-
-@pytest.mark.parametrize('name', CIFAR_ROWS)
-def test_cifar_recipes(name):
-    model, classes, heads, epochs = CIFAR_ROWS[name]
-    cfg = load_config([], str(REPO / 'cifar10' / name))
-    expected = dict(COMMON, model=model, num_classes=classes, num_heads=heads, epochs=epochs, batch_size=64,
-                    warmup_lr=1e-5, weight_decay=0.06, aa='rand-m9-n1-mstd0.4-inc1', mixup=0.5, cutmix=0.0,
-                    mixup_off_epoch=200, ratio=(1.0, 1.0), hflip=0.5, color_jitter=0.0, img_size=32,
-                    dataset='cifar10' if classes == 10 else 'cifar100',
-                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-    assert {k: getattr(cfg, k) for k in expected} == expected
-
-
-@pytest.mark.parametrize('name', IMAGENET_ROWS)
-def test_imagenet_recipes(name):
-    cfg = load_config([], str(REPO / 'imagenet' / name))
-    expected = dict(COMMON, model=IMAGENET_ROWS[name], num_classes=1000, num_heads=8, epochs=300, batch_size=36,
-                    warmup_lr=1e-6, weight_decay=0.05, aa='rand-m9-mstd0.5-inc1', mixup=0.8, cutmix=1.0,
-                    mixup_switch_prob=0.5, mixup_off_epoch=None, img_size=224, dataset='imagenet',
-                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    assert {k: getattr(cfg, k) for k in expected} == expected

@@ -422,8 +422,8 @@ def test_augmentation_draws_and_operations():
     assert 0.45 < np.mean([d['hflip'] for d in draws]) < 0.55
     limits = {'shear_x': 0.3, 'translate_x': 5, 'translate_y': 5, 'rotate': 30}
     for op, m in limits.items():
-        mags = {round(d['magnitude'] / m * 30, 6) for d in draws if d['op'] == op}
-        assert mags <= {float(k) for k in range(-30, 31)} and max(mags) == 30 and min(mags) == -30
+        mags = {round(d['magnitude'] / m * 15, 5) for d in draws if d['op'] == op}  # linspace(-m, m, 31)
+        assert mags <= {float(k) for k in range(-15, 16)} | {-0.0} and max(mags) == 15 and min(mags) == -15
     for d in draws:
         if d['op'] == 'cutout':
             i, j, h, w = d['erase']

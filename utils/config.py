@@ -66,7 +66,8 @@ SCHEMA = {
     'interpolation': _k('bicubic', str, 'resize interpolation', choices=('bicubic', 'bilinear', 'nearest')),
     'crop_pct': _k(1.0, float, 'evaluation centre-crop fraction'),
     'scale': _k((1.0, 1.0), FLOATS, 'random-resized-crop area range', length=2),
-    'ratio': _k((0.75, 4 / 3), FLOATS, 'random-resized-crop aspect range', length=2),
+    'ratio': _k((1.0, 1.0), FLOATS, 'random-resized-crop aspect range (the published argparse default (1, 1): with '
+                'scale (1, 1), the centre square of the short side)', length=2),
     'hflip': _k(0.5, float, 'horizontal flip probability'),
     'color_jitter': _k(0.0, float, 'colour jitter strength (timm ignores it when aa is set)'),
     'aa': _k(None, str, 'RandAugment/AutoAugment policy, e.g. rand-m9-n1-mstd0.4-inc1; null = off', nullable=True),
@@ -99,6 +100,8 @@ SCHEMA = {
     'amp': _k(True, bool, 'automatic mixed precision'),
     'amp_dtype': _k('auto', str, 'auto = float16 (with a gradient scaler) on CUDA, bfloat16 on CPU',
                     choices=('auto', 'float16', 'bfloat16')),
+    'eval_amp': _k(None, bool, 'evaluate under the AMP autocast (when amp is on); null = as published for the data '
+                   'set: yes for images, no (float32) for event data', nullable=True),
     'model_ema': _k(False, bool, 'keep an exponential moving average of the weights'),
     'model_ema_decay': _k(0.9998, float, 'EMA decay per step'),
     # run
@@ -116,6 +119,9 @@ SCHEMA = {
                        'line a minute)'),
     'limit_train_batches': _k(None, int, 'train on at most this many batches per epoch; null = all', nullable=True),
     'limit_eval_batches': _k(None, int, 'evaluate at most this many batches; null = all', nullable=True),
+    'dist_bn': _k('broadcast', str, 'BatchNorm statistics every rank evaluates with (several processes): broadcast '
+                  '= rank 0\'s, as the published runs (DDP broadcasts them); reduce = their average over ranks',
+                  choices=('broadcast', 'reduce')),
     'local_rank': _k(0, int, 'set by torch.distributed.launch (--local-rank); the LOCAL_RANK variable wins'),
 }
 ALIASES = {'T': 'time_steps'}

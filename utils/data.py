@@ -1,13 +1,18 @@
 """Data sets and loaders: timm's training pipeline for images, plain loaders for event frames.
 
-Images (CIFAR-10/100, ImageNet, the quick start's digits) go through timm's ``create_loader``, which builds the
-published transforms: random-resized crop, flip, RandAugment, normalisation, random erasing. Mixup/cutmix and label
-smoothing are timm's ``Mixup`` on the batch (returned as ``mixup_fn``). Event frames (DVS128 Gesture,
-CIFAR10-DVS) come from ``utils.dvs_data`` already augmented per sample; they get a plain ``DataLoader`` and the
-same batch ``Mixup``.
+Images (CIFAR-10/100, ImageNet, the quick start's digits) go through timm's ``create_loader`` with its prefetcher,
+as the published runs did: the workers produce uint8 images (random-resized crop, flip, RandAugment), the collate
+function mixes them (timm's ``FastCollateMixup``: mixup/cutmix on the uint8 batch, rounded), and the
+``PrefetchLoader`` then moves the batch to the device, normalises it and random-erases it, so an erased box holds
+the constant fill on top of the mixed image. Event frames (DVS128 Gesture, CIFAR10-DVS) come from
+``utils.dvs_data`` already augmented per sample; they get a plain ``DataLoader`` and timm's batch ``Mixup``, applied
+by the engine in the main process (as the published DVS scripts). ``build_loaders`` returns that mixing object as
+``mixup_fn`` in both cases; :func:`mixes_in_loader` says which of the two it is, :func:`set_mixup_epoch` switches
+it off from ``mixup_off_epoch`` on (the loaders create their workers each epoch, so the switch reaches them).
 
 Evaluation is sharded without padding (:class:`Shard`), so a distributed evaluation sees every sample exactly once
-and the summed metrics are exact (timm's ``OrderedDistributedSampler`` pads with repeated samples).
+and the summed metrics are exact (timm's ``OrderedDistributedSampler`` pads with repeated samples). Image
+evaluation uses the prefetcher too, as the published ``validate``: uint8 to the device, normalised there.
 """
 import os
 import pickle
@@ -16,11 +21,11 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from timm.data import Mixup, create_dataset, create_loader
+from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .config import Config
+from .config import Config, ConfigError
 from .errors import DataError
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -74,6 +79,8 @@ def resolve_data_config(cfg: Config) -> None:
         cfg.data_dir = os.path.join('data', cfg.dataset)
     if cfg.val_batch_size is None:
         cfg.val_batch_size = cfg.batch_size
+    if cfg.eval_amp is None:  # as published: timm's validate under autocast, the DVS evaluate without it
+        cfg.eval_amp = cfg.dataset not in DVS_DATASETS
 
 
 class ArrayImages(Dataset):
@@ -198,7 +205,7 @@ def _eval_loader(cfg: Config, dataset, rank: int, world: int, device) -> DataLoa
     return create_loader(shard, input_size=(3, cfg.img_size, cfg.img_size), batch_size=cfg.val_batch_size,
                          is_training=False, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
                          num_workers=cfg.workers, crop_pct=cfg.crop_pct, pin_memory=device.type == 'cuda',
-                         use_prefetcher=False, device=device, persistent_workers=False)
+                         use_prefetcher=True, device=device, persistent_workers=False)
 
 
 def build_eval_loader(cfg: Config, rank: int = 0, world: int = 1, device=None) -> DataLoader:
@@ -208,13 +215,36 @@ def build_eval_loader(cfg: Config, rank: int = 0, world: int = 1, device=None) -
     return _eval_loader(cfg, eval_ds, rank, world, device)
 
 
-def build_mixup(cfg: Config) -> Optional[Mixup]:
-    """timm's batch Mixup (also label smoothing) when mixup or cutmix is on, else None."""
+def build_mixup(cfg: Config, collate: bool = False) -> Optional[Mixup]:
+    """timm's Mixup (also label smoothing) when mixup or cutmix is on, else None; ``collate`` gives its
+    ``FastCollateMixup``, which mixes while collating uint8 images."""
     if not (cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None):
         return None
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
-                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes)
+    if cfg.batch_size % 2:
+        raise ConfigError(f'mixup/cutmix pair each sample with another of its batch, so batch_size must be even '
+                          f'(it is {cfg.batch_size}); change --batch-size or turn mixing off (--mixup 0 --cutmix 0).')
+    return (FastCollateMixup if collate else Mixup)(
+        mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax, prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
+        num_classes=cfg.num_classes)
+
+
+def mixes_in_loader(mixup_fn) -> bool:
+    """Whether ``mixup_fn`` (from :func:`build_loaders`) mixes inside the training loader (images), so the engine
+    must not mix the batches again."""
+    return isinstance(mixup_fn, FastCollateMixup)
+
+
+def set_mixup_epoch(mixup_fn, cfg: Config, epoch: int) -> None:
+    """Mix in ``epoch`` unless ``cfg.mixup_off_epoch`` has been reached; call before the epoch's loader iterator
+    is created.
+
+    Why this reaches the loader's worker processes: they are created anew for every epoch (no persistent workers)
+    and take a copy of the collate function then. The published image scripts cleared the flag in the main process
+    while their persistent workers kept mixing, which is why this project's CIFAR configs set ``mixup_off_epoch: null``.
+    """
+    if mixup_fn is not None:
+        mixup_fn.mixup_enabled = cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch
 
 
 def write_sample_files(output: str, train_ds, eval_ds) -> None:
@@ -227,7 +257,8 @@ def write_sample_files(output: str, train_ds, eval_ds) -> None:
 
 def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: int = 1, device=None,
                   output: Optional[str] = None):
-    """``(train_loader, eval_loader, mixup_fn)``.
+    """``(train_loader, eval_loader, mixup_fn)``; ``mixup_fn`` is the mixing object (None without mixing): the
+    loader's collate function for images (:func:`mixes_in_loader`), a batch ``Mixup`` for the engine otherwise.
 
     The training loader shuffles (a ``DistributedSampler`` when ``distributed``: call ``set_epoch``) and drops the
     last incomplete batch (batch mixup needs an even batch); with ``output`` set, the file lists of data sets that
@@ -239,16 +270,18 @@ def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: 
     if output is not None and rank == 0:
         write_sample_files(output, train_ds, eval_ds)
     if cfg.dataset in DVS_DATASETS:
+        mixup_fn = build_mixup(cfg)
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if distributed else None
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                                   num_workers=cfg.workers, pin_memory=device.type == 'cuda', drop_last=True)
     else:
+        mixup_fn = build_mixup(cfg, collate=True)
         train_loader = create_loader(
             train_ds, input_size=(3, cfg.img_size, cfg.img_size), batch_size=cfg.batch_size, is_training=True,
             re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount, scale=cfg.scale, ratio=cfg.ratio,
             hflip=cfg.hflip, color_jitter=cfg.color_jitter, auto_augment=cfg.aa, interpolation=cfg.interpolation,
-            mean=cfg.mean, std=cfg.std, num_workers=cfg.workers, distributed=distributed,
-            pin_memory=device.type == 'cuda', use_prefetcher=False, device=device, persistent_workers=False)
+            mean=cfg.mean, std=cfg.std, num_workers=cfg.workers, distributed=distributed, collate_fn=mixup_fn,
+            pin_memory=device.type == 'cuda', use_prefetcher=True, device=device, persistent_workers=False)
         if distributed:  # timm's sampler has seed 0 and the default rank; make it follow the config
             train_loader.sampler.seed = cfg.seed
-    return train_loader, _eval_loader(cfg, eval_ds, rank, world, device), build_mixup(cfg)
+    return train_loader, _eval_loader(cfg, eval_ds, rank, world, device), mixup_fn

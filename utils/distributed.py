@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from timm.utils import distribute_bn
 
 from .config import Config
 from .errors import UserError
@@ -78,3 +79,16 @@ def cleanup_distributed() -> None:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
+
+
+def sync_bn_stats(model: torch.nn.Module, mode: str, world: int) -> None:
+    """Give every rank the same BatchNorm running statistics before an evaluation (timm's ``distribute_bn``).
+
+    ``mode`` is the config's ``dist_bn``: 'broadcast' copies rank 0's statistics to every rank, which is what the
+    published runs evaluated with (their ``--dist-bn`` was '', but the first evaluation forward through DDP, which
+    broadcasts buffers from rank 0, did the same); 'reduce' averages them over the ranks. Rank 0 saves what every
+    rank evaluated, so a checkpoint evaluated alone reproduces the distributed evaluation exactly.
+    """
+    if mode not in ('broadcast', 'reduce'):
+        raise ValueError(f"dist_bn must be 'broadcast' or 'reduce', not {mode!r}")
+    distribute_bn(model, world, reduce=mode == 'reduce')

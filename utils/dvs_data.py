@@ -63,11 +63,13 @@ class DVSAugment:
     """Per-sample augmentation of event frames ``[T, C, H, W]`` (SPEC section 4), one draw for all T frames.
 
     Horizontal flip with probability 0.5, then one operation drawn uniformly from identity, shear-x,
-    translate-x, translate-y, rotate and cutout. Magnitudes come from ``num_bins`` (31) equal bins over
-    ``[0, max]`` with a random sign: shear up to 0.3 (used as ``degrees(0.3)`` shear angle), translations up to
-    5 px (truncated to an integer), rotation up to 30 degrees; nearest interpolation, zero fill. Cutout is
-    random erasing with probability 1, area scale 0.001-0.11, aspect ratio 1, value 0.
-    Random numbers come from torch's generator (seeded per DataLoader worker).
+    translate-x, translate-y, rotate and cutout. The magnitude is one of ``num_bins`` (31) values
+    ``torch.linspace(-max, max, 31)``, drawn uniformly, then negated with probability 0.5, as the published
+    ``SNNAugmentWide`` does (the bins already span both signs, so the flip leaves the distribution as it is: 0 with
+    probability 1/31, every other |magnitude|, a multiple of max/15, with 2/31). Maxima: shear 0.3 (used as a
+    ``degrees(0.3)`` shear angle), translations 5 px (truncated to an integer), rotation 30 degrees; nearest
+    interpolation, zero fill. Cutout is random erasing with probability 1, area scale 0.001-0.11, aspect ratio 1,
+    value 0, and has no magnitude. Random numbers come from torch's generator (seeded per DataLoader worker).
     """
     OPS = ('identity', 'shear_x', 'translate_x', 'translate_y', 'rotate', 'cutout')
 
@@ -78,6 +80,10 @@ class DVSAugment:
                     'rotate': max_rotate}
         self.cutout_scale = cutout_scale
         self.hflip_prob = hflip_prob
+
+    def bins(self, op):
+        """The magnitudes ``op`` draws from: ``torch.linspace(-max, max, num_bins)`` (float32, as published)."""
+        return torch.linspace(-self.max[op], self.max[op], self.num_bins)
 
     def sample(self, height, width, generator=None):
         """One random draw: ``{'hflip': bool, 'op': name, 'magnitude': float, 'erase': (i, j, h, w) or None}``."""
@@ -91,7 +97,7 @@ class DVSAugment:
                   'magnitude': 0.0, 'erase': None}
         op = params['op']
         if op in self.max:
-            mag = self.max[op] * randint(self.num_bins) / (self.num_bins - 1)
+            mag = self.bins(op)[randint(self.num_bins)].item()
             if rand() < 0.5:
                 mag = -mag
             params['magnitude'] = mag

@@ -19,15 +19,16 @@ import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, distribute_bn, random_seed
+from timm.utils import ModelEmaV3, random_seed
 from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import Config, load_config, save_config
-from .data import build_datasets, build_eval_loader, build_loaders, resolve_data_config, write_sample_files
-from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device
+from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
+                   set_mixup_epoch, write_sample_files)
+from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device, sync_bn_stats
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError
 from .factory import build_model
@@ -55,6 +56,10 @@ def amp_setup(cfg: Config, device: torch.device):
         raise UserError('--amp-dtype float16 needs CUDA; on CPU use --amp-dtype bfloat16 or --no-amp (--amp false).')
     dtype = getattr(torch, name)
     return dtype, (torch.amp.GradScaler('cuda') if dtype == torch.float16 else None)
+
+
+def _dtype_name(dtype: Optional[torch.dtype], none: str = 'off') -> str:
+    return str(dtype).replace('torch.', '') if dtype else none
 
 
 def default_output(cfg: Config, kind: str) -> str:
@@ -139,6 +144,8 @@ def _train(cfg: Config, info: DistInfo) -> dict:
         barrier(info)
     train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
     loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
+    batch_mixup = None if mixes_in_loader(mixup_fn) else mixup_fn  # images are mixed by the loader's collate
+    eval_dtype = amp_dtype if cfg.eval_amp else None
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg)
@@ -173,7 +180,7 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
         f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
         f'{num_epochs} epochs, {info.world} process(es) on {device}, '
-        f'amp {str(amp_dtype).replace("torch.", "") if amp_dtype else "off"}, run {cfg.output}')
+        f'amp {_dtype_name(amp_dtype)}, evaluation in {_dtype_name(eval_dtype, "float32")}, run {cfg.output}')
     if cfg.grad_accum_steps > 1:
         log(f'gradient accumulation: {cfg.grad_accum_steps} batches per optimizer step, global batch {cfg.batch_size} '
             f'x {info.world} x {cfg.grad_accum_steps} = {cfg.batch_size * info.world * cfg.grad_accum_steps}')
@@ -184,15 +191,16 @@ def _train(cfg: Config, info: DistInfo) -> dict:
         seed_everything(cfg.seed, info.rank, epoch)
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
-        if mixup_fn is not None and cfg.mixup_off_epoch is not None and epoch >= cfg.mixup_off_epoch:
-            mixup_fn.mixup_enabled = False
-        train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=mixup_fn,
+        set_mixup_epoch(mixup_fn, cfg, epoch)
+        train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
                                 amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
                                 log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
                                 log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock)
-        if info.distributed:  # every rank evaluates (and rank 0 saves) the same averaged BatchNorm statistics
-            distribute_bn(model, info.world, reduce=True)
-        kwargs = dict(amp_dtype=amp_dtype, limit_batches=cfg.limit_eval_batches, distributed=info.distributed,
+        if info.distributed:  # every rank evaluates (and rank 0 saves) the same BatchNorm statistics
+            sync_bn_stats(model, cfg.dist_bn, info.world)
+            if ema is not None:
+                sync_bn_stats(ema.module, cfg.dist_bn, info.world)
+        kwargs = dict(amp_dtype=eval_dtype, limit_batches=cfg.limit_eval_batches, distributed=info.distributed,
                       is_main=info.is_main)
         metrics = evaluate(model, eval_loader, device, **kwargs)
         row = dict(epoch=epoch, train_loss=train['loss'], eval_loss=metrics['loss'], eval_top1=metrics['top1'],
@@ -260,7 +268,8 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     amp_dtype, _ = amp_setup(cfg, device)
     model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
-    metrics = evaluate(model, loader, device, amp_dtype=amp_dtype, limit_batches=cfg.limit_eval_batches)
+    metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
+                       limit_batches=cfg.limit_eval_batches)
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
                    checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
     output = cfg.output or default_output(cfg, 'test')
