@@ -9,7 +9,9 @@ training ``amp``; ``--precision amp`` evaluates under the config's ``amp_dtype``
 can differ slightly from float32 at the thresholds).
 
 Works for every data set config (ImageNet, CIFAR-10/100, DVS128 Gesture, CIFAR10-DVS, the quick start's digits).
-Without ``--config``, a checkpoint written by train.py brings its own config. Writes into ``--output``:
+Without ``--config``, a checkpoint written by train.py brings its own config. The output folder is checked before the
+pass and the totals are printed before anything is written (a failed write says what was not saved, exit 2).
+Writes into ``--output``:
 
 * ``energy.json``: the report (per sample: ``mac_ops``, ``ac_ops``, ``energy_mj``, ``samples``, ``top1`` and one
   entry per counted operation), plus what was evaluated;
@@ -27,8 +29,8 @@ from dataclasses import asdict
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from utils.config import Key, load_config  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.config import INVOCATION_KEYS, Key, load_config  # noqa: E402
+from utils.errors import UserError, run_cli, writing  # noqa: E402
 
 EXTRA_KEYS = {
     'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
@@ -68,28 +70,30 @@ def main(argv=None) -> dict:
     from models import read_checkpoint
     from utils.data import build_eval_loader, resolve_data_config
     from utils.distributed import select_device
-    from utils.main import amp_setup, default_output, load_trained_model
+    from utils.main import amp_setup, default_output, load_trained_model, write_text
+    from utils.run_folder import check_output_location
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv, None, extra_keys=EXTRA_KEYS)
     if cfg.checkpoint is None:
         raise UserError('--checkpoint PATH is required: the .pth.tar file whose energy to estimate (a run\'s '
                         'model_best.pth.tar, or a published checkpoint with the --config of its data set).')
-    checkpoint = read_checkpoint(cfg.checkpoint)
+    checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
     trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     if not _has_config(argv):
         if not isinstance(trained_args, dict):
             raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
                             f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
-        own = ('output', 'resume', 'checkpoint', 'use_ema', 'local_rank')
         cfg = load_config(argv, None, extra_keys=EXTRA_KEYS,
-                          base={k: v for k, v in trained_args.items() if k not in own})
+                          base={k: v for k, v in trained_args.items() if k not in INVOCATION_KEYS})
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype = None
     if cfg.precision == 'amp':
         cfg.amp = True
         amp_dtype, _ = amp_setup(cfg, device)
+    output = cfg.output or default_output(cfg, 'energy')
+    check_output_location(output)
     model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
     limit = cfg.limit_batches if cfg.limit_batches is not None else cfg.limit_eval_batches
@@ -105,31 +109,32 @@ def main(argv=None) -> dict:
     seconds = time.time() - start
     row = published_row(cfg, model)
 
-    output = cfg.output or default_output(cfg, 'energy')
-    os.makedirs(output, exist_ok=True)
     title = f'{cfg.model} on {cfg.dataset}'
+    top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
+    samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
+    print(f'{title} ({samples}{top1}): {si(report.mac_ops, digits=6)} MAC, '
+          f'{si(report.ac_ops, digits=6)} AC, {mj(report.energy_mj, digits=6)} per sample'
+          + (f' (paper: {row.energy_mj} mJ)' if row else ''), flush=True)
+
     info = dict(model=cfg.model, dataset=cfg.dataset, config=cfg.source, checkpoint=cfg.checkpoint,
                 use_ema=cfg.use_ema, time_steps=model.T, num_heads=model.num_heads, embed_dims=model.embed_dims,
                 depths=model.depths, batches=total, device=str(device),
                 amp_dtype=str(amp_dtype).replace('torch.', '') if amp_dtype else None, seconds=round(seconds, 3))
-    with open(os.path.join(output, 'energy.json'), 'w') as f:
-        json.dump({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None}, f, indent=2)
     details = [f'model `{cfg.model}` (T={model.T}, depth {model.depths}, dim {model.embed_dims}, '
                f'{model.num_heads} heads), data set `{cfg.dataset}`',
                f'checkpoint `{cfg.checkpoint}`{" (EMA weights)" if cfg.use_ema else ""}, config '
                + (f'`{cfg.source}`' if cfg.source else 'the one saved in the checkpoint'),
                f'{total} batch{"es" if total != 1 else ""} on {device}'
                + (f', autocast {info["amp_dtype"]}' if amp_dtype else '')]
-    with open(os.path.join(output, 'energy.md'), 'w') as f:
-        f.write(report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=details))
-    plot_report(report, os.path.join(output, 'energy.png'), title=title)
-
-    top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
-    samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
-    print(f'{title} ({samples}{top1}): {si(report.mac_ops, digits=6)} MAC, '
-          f'{si(report.ac_ops, digits=6)} AC, {mj(report.energy_mj, digits=6)} per sample'
-          + (f' (paper: {row.energy_mj} mJ)' if row else '')
-          + f'\nreport: {os.path.join(output, "energy.md")}')
+    write_text(os.path.join(output, 'energy.json'),
+               json.dumps({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None}, indent=2),
+               'The totals printed above were not saved, nor the per-layer report.')
+    write_text(os.path.join(output, 'energy.md'),
+               report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=details),
+               'energy.json (the whole report) was written; energy.md and energy.png were not.')
+    with writing(os.path.join(output, 'energy.png'), 'energy.json and energy.md were written; the plot was not.'):
+        plot_report(report, os.path.join(output, 'energy.png'), title=title)
+    print(f'report: {os.path.join(output, "energy.md")}')
     return dict(report=report, output=output, paper=row)
 
 
