@@ -97,11 +97,11 @@ def resume_folder(cfg: Config) -> str:
 @dataclass
 class Resume:
     """What ``--resume`` brings: the checkpoint (dropped once loaded, to free its memory), the config it records
-    (None for a checkpoint of another code base) and the few numbers the run folder needs later."""
+    (None for a checkpoint of another code base) and its epoch, best epoch and best metric."""
     path: str
     checkpoint: Optional[dict]
     recorded: Optional[dict]
-    epochs: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)
 
 
 def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
@@ -121,8 +121,8 @@ def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
     if recorded is not None and not has_config:
         cfg = load_config(argv, None, base={k: v for k, v in recorded.items() if k not in INVOCATION_KEYS})
     cfg.output = resume_folder(cfg)
-    epochs = {k: checkpoint.get(k) for k in ('epoch', 'best_epoch', 'best_metric')}
-    return cfg, Resume(path, checkpoint, recorded, epochs)
+    progress = {k: checkpoint.get(k) for k in ('epoch', 'best_epoch', 'best_metric')}
+    return cfg, Resume(path, checkpoint, recorded, progress)
 
 
 def _comparable(value):
@@ -258,7 +258,7 @@ def start_folder(cfg: Config, resume: Optional[Resume]) -> list:
             notes.append(f'removed temporary files of an interrupted write: {", ".join(removed)}')
         if os.path.isfile(os.path.join(folder, LAST)):  # then it is the resumed checkpoint (resume_folder)
             with writing(os.path.join(folder, BEST), f'{LAST} is unchanged; the next start tries again.'):
-                note = repair_best(folder, resume.epochs)
+                note = repair_best(folder, resume.progress)
             if note:
                 notes.append(note)
     path = os.path.join(folder, 'args.yaml')
