@@ -1,14 +1,17 @@
 """What ``scripts/energy_report.py`` and ``scripts/spike_report.py`` share: config and checkpoint loading (the same
-as ``test.py``), the model, and the evaluation batches. One code path, so both reports read checkpoints alike."""
+as ``test.py``: safe loading only, unless ``--trust-checkpoint``), the output folder (checked before the pass), the
+model, the evaluation batches, and writing the report files. One code path, so both reports read checkpoints and
+write their files alike."""
 import itertools
+import os
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from utils.config import Config, Key, load_config
-from utils.errors import UserError
+from utils.config import INVOCATION_KEYS, Config, Key, load_config
+from utils.errors import UserError, writing
 
 REPORT_KEYS = {
     'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
@@ -32,36 +35,40 @@ class ReportRun:
     amp_dtype: Optional[torch.dtype]
     batches: Iterable
     total: int  # number of batches
+    output: str  # the folder the report files go to (checked writable before the pass)
 
 
 def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun:
-    """Resolve the config (``--config``, or the one a ``train.py`` checkpoint carries), build the model with the
-    checkpoint's weights and the evaluation loader, limited to ``--limit-batches``. ``purpose`` completes the
-    message for a missing ``--checkpoint`` ("whose energy to estimate"); ``desc`` labels the progress bar."""
+    """Resolve the config (``--config``, or the one a ``train.py`` checkpoint carries), check the output folder,
+    build the model with the checkpoint's weights and the evaluation loader, limited to ``--limit-batches``.
+    ``purpose`` completes the message for a missing ``--checkpoint`` ("whose energy to estimate"); ``desc`` labels
+    the progress bar and names the default output folder (``output/<desc>/...``)."""
     from models import read_checkpoint
     from utils.data import build_eval_loader, resolve_data_config
     from utils.distributed import select_device
-    from utils.main import amp_setup, load_trained_model
+    from utils.main import amp_setup, default_output, load_trained_model
+    from utils.run_folder import check_output_location
 
     cfg = load_config(argv, None, extra_keys=extra_keys)
     if cfg.checkpoint is None:
         raise UserError(f'--checkpoint PATH is required: the .pth.tar file {purpose} (a run\'s '
                         f'model_best.pth.tar, or a published checkpoint with the --config of its data set).')
-    checkpoint = read_checkpoint(cfg.checkpoint)
+    checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
     trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     if not has_config(argv):
         if not isinstance(trained_args, dict):
             raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
                             f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
-        own = ('output', 'resume', 'checkpoint', 'use_ema', 'local_rank')
         cfg = load_config(argv, None, extra_keys=extra_keys,
-                          base={k: v for k, v in trained_args.items() if k not in own})
+                          base={k: v for k, v in trained_args.items() if k not in INVOCATION_KEYS})
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype = None
     if cfg.precision == 'amp':
         cfg.amp = True
         amp_dtype, _ = amp_setup(cfg, device)
+    output = cfg.output or default_output(cfg, desc)
+    check_output_location(output)
     model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
     limit = cfg.limit_batches if cfg.limit_batches is not None else cfg.limit_eval_batches
@@ -70,7 +77,33 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
     if sys.stderr.isatty():
         from tqdm import tqdm
         batches = tqdm(batches, total=total, desc=desc, dynamic_ncols=True)
-    return ReportRun(cfg, model, device, amp_dtype, batches, total)
+    return ReportRun(cfg, model, device, amp_dtype, batches, total, output)
+
+
+def write_report_files(output: str, files: Sequence[Tuple[str, Callable[[str], None]]]) -> list:
+    """Write ``files`` (``(name, write(path))`` pairs) into ``output`` in order, naming each on the console.
+
+    Each file is written to a temporary name and renamed, so a failed write leaves no half file; the failure is a
+    one-screen error saying which files were written and which were not (the caller prints its totals first, so a
+    finished pass is never lost without a word)."""
+    written = []
+    for name, write in files:
+        path = os.path.join(output, name)
+        tmp = os.path.join(output, f'.tmp{os.getpid()}-{name}')  # same extension: matplotlib picks the format by it
+        done = ', '.join(os.path.basename(p) for p in written) or 'nothing'
+        todo = ', '.join(n for n, _ in files[len(written):])
+        with writing(path, f'The numbers printed above were not saved in {todo}; written: {done}. Free some space '
+                           f'or pass another --output.'):
+            try:
+                os.makedirs(output, exist_ok=True)
+                write(tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        written.append(path)
+        print(f'wrote {path}')
+    return written
 
 
 def model_details(run: ReportRun) -> list:

@@ -12,9 +12,10 @@ import argparse
 import os
 import pickle
 import re
-import zipfile
+import sys
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,28 +32,87 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model."""
 
 
-def read_checkpoint(path: str) -> Any:
-    """``torch.load`` on CPU with a clear :class:`CheckpointError` for a missing or unreadable file.
+def _safe_globals() -> list:
+    """What a checkpoint may hold besides tensors and plain values (numbers, strings, None, lists, tuples, dicts,
+    sets), which ``weights_only=True`` always accepts.
 
-    Tries ``weights_only=True`` first (argparse namespaces, which timm stores as ``args``, allowed); a checkpoint
-    holding other pickled objects is then loaded in full, since the user named this file explicitly.
+    timm's ``CheckpointSaver`` (hence the published ImageNet and CIFAR checkpoints) stores the training arguments as an
+    ``argparse.Namespace`` under ``args``; NumPy scalars (a ``metric`` or ``best_acc`` computed with NumPy) are
+    allowed too, numeric and boolean dtypes only. Each of these only rebuilds a value: none can call a function
+    named by the file.
+    """
+    try:
+        from numpy._core.multiarray import scalar  # NumPy 2
+    except ImportError:  # pragma: no cover (NumPy 1)
+        from numpy.core.multiarray import scalar
+    dtypes = [type(np.dtype(code)) for code in '?bhilqBHILQefdg']
+    return [argparse.Namespace, np.dtype, scalar, (scalar, 'numpy.core.multiarray.scalar'), *dtypes]
+
+
+_BLOCKED_PATTERNS = (re.compile(r'GLOBAL ([\w.]+)'), re.compile(r"<class '([\w.]+)'>"),
+                     re.compile(r'unrecognized function ([\w.<>]+)'))
+
+
+def _blocked_globals(path: str, error: Exception) -> list:
+    """The Python types or functions the safe unpickler refused in ``path`` (empty when the file is just damaged)."""
+    try:  # static scan of the whole pickle (zip checkpoints), which names every refused type, not just the first
+        with torch.serialization.safe_globals(_safe_globals()):
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if found:
+            return sorted(found)
+    except Exception:  # a legacy (non-zip) or damaged file: fall back to torch's message
+        pass
+    return sorted({m.group(1) for pattern in _BLOCKED_PATTERNS for m in pattern.finditer(str(error))})
+
+
+def _corrupt(path: str, error: BaseException) -> CheckpointError:
+    text = str(error)
+    detail = re.search(r'WeightsUnpickler error:(.*?)(?:Check the documentation|$)', text, re.S)
+    reason = ' '.join((detail.group(1) if detail else text).split())[:200]
+    reason = f'{type(error).__name__}: {reason}' if reason else type(error).__name__
+    return CheckpointError(f'cannot read checkpoint {path}: {reason}\nThe file looks truncated or corrupt (or is not '
+                           f'a PyTorch checkpoint): re-download it, or use another checkpoint of the run.')
+
+
+def read_checkpoint(path: str, trust: bool = False, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with the allow-list of :func:`_safe_globals`.
+
+    A checkpoint that holds any other pickled object is refused with a :class:`CheckpointError` naming the objects'
+    types, since unpickling them can run code (the classic ``__reduce__`` payload). ``trust=True`` (the
+    ``--trust-checkpoint`` option) loads such a file in full after a warning on stderr; it changes nothing for a
+    checkpoint the safe load accepts. A missing, truncated or corrupt file is a :class:`CheckpointError` too.
+    ``mmap=True`` maps the tensors instead of reading them (cheap look-ups of ``epoch`` and the like).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}\nCheck the path (relative paths are taken from the '
                               f'current directory: {os.getcwd()}).')
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f'cannot read checkpoint {path}: {e}\nThe file looks truncated or corrupt: '
-                              f're-download it, or use another checkpoint of the run.') from None
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        blocked = _blocked_globals(path, e)
+        if not blocked:
+            raise _corrupt(path, e) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # whatever torch, zipfile or pickle raise on a damaged or foreign file
+        raise _corrupt(path, e) from None
+    names = ', '.join(blocked)
+    if not trust:
+        raise CheckpointError(
+            f'checkpoint {path} was not loaded: besides weights and plain values it holds pickled Python objects '
+            f'({names}), and unpickling them can run any code they carry.\nCheckpoints of timm, of the published '
+            f'Spikingformer code and of this project hold no such objects. Only if you trust where the file comes '
+            f'from, load it anyway with --trust-checkpoint (config key trust_checkpoint: true; in Python '
+            f'models.load_checkpoint(model, path, trust=True)).')
+    sys.stderr.write(f'warning: {path} holds pickled Python objects ({names}); loading it in full because of '
+                     f'--trust-checkpoint: any code they carry runs now.\n')
     try:
         return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # anything unpickling may raise on a damaged file
-        raise CheckpointError(f'cannot read checkpoint {path}: {e}\nThe file looks truncated or corrupt: '
-                              f're-download it, or use another checkpoint of the run.') from None
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise _corrupt(path, e) from None
 
 
 def _select_state_dict(checkpoint: Mapping, use_ema: bool) -> Mapping:
@@ -114,9 +174,11 @@ def checkpoint_filter_fn(checkpoint: Mapping, model: nn.Module, use_ema: bool = 
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str, use_ema: bool = False) -> Any:
-    """Load the weights of checkpoint file ``path`` into ``model`` strictly; returns the whole checkpoint."""
-    checkpoint = read_checkpoint(path)
+def load_checkpoint(model: nn.Module, path: str, use_ema: bool = False, trust: bool = False) -> Any:
+    """Load the weights of checkpoint file ``path`` into ``model`` strictly; returns the whole checkpoint.
+
+    ``trust=True`` loads a checkpoint holding arbitrary pickled objects (see :func:`read_checkpoint`)."""
+    checkpoint = read_checkpoint(path, trust=trust)
     try:
         state = checkpoint_filter_fn(checkpoint, model, use_ema=use_ema)
     except CheckpointError as e:

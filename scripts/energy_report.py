@@ -10,7 +10,9 @@ can differ slightly from float32 at the thresholds).
 
 Works for every data set config (ImageNet, CIFAR-10/100, DVS128 Gesture, CIFAR10-DVS, the quick start's digits).
 Without ``--config``, a checkpoint written by train.py brings its own config (the loading is ``energy.cli``, shared
-with ``spike_report.py``). Writes into ``--output`` (and names each file on the console):
+with ``spike_report.py``). The output folder is checked before the pass, and the totals are printed before anything
+is written (a failed write says what was and was not saved, exit 2). Writes into ``--output`` (and names each file
+on the console):
 
 * ``energy.json``: the report (per sample: ``mac_ops``, ``ac_ops``, ``energy_mj``, ``samples``, ``top1`` and one
   entry per counted operation), plus what was evaluated;
@@ -28,7 +30,7 @@ from dataclasses import asdict
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from energy.cli import REPORT_KEYS, model_details, prepare_report  # noqa: E402
+from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files  # noqa: E402
 from utils.config import Key  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -59,11 +61,10 @@ def main(argv=None) -> dict:
     from energy import estimate_energy
     from energy.plot import plot_report
     from energy.report import mj, si
-    from utils.main import default_output
 
     run = prepare_report(list(sys.argv[1:] if argv is None else argv), EXTRA_KEYS,
                          'whose energy to estimate', 'energy')
-    cfg, model, device, amp_dtype, total = run.cfg, run.model, run.device, run.amp_dtype, run.total
+    cfg, model, device, amp_dtype, total, output = run.cfg, run.model, run.device, run.amp_dtype, run.total, run.output
 
     start = time.time()
     report = estimate_energy(model, run.batches, e_mac_pj=cfg.e_mac_pj, e_ac_pj=cfg.e_ac_pj,
@@ -71,26 +72,26 @@ def main(argv=None) -> dict:
     seconds = time.time() - start
     row = published_row(cfg, model)
 
-    output = cfg.output or default_output(cfg, 'energy')
-    os.makedirs(output, exist_ok=True)
     title = f'{cfg.model} on {cfg.dataset}'
+    top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
+    samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
+    print(f'{title} ({samples}{top1}): {report.mac_ops:,.0f} MAC, {si(report.ac_ops)} AC, '
+          f'{mj(report.energy_mj)} per sample' + (f' (paper: {mj(row.energy_mj)})' if row else ''), flush=True)
     info = dict(model=cfg.model, dataset=cfg.dataset, config=cfg.source, checkpoint=cfg.checkpoint,
                 use_ema=cfg.use_ema, time_steps=model.T, num_heads=model.num_heads, embed_dims=model.embed_dims,
                 depths=model.depths, batches=total, device=str(device),
                 amp_dtype=str(amp_dtype).replace('torch.', '') if amp_dtype else None, seconds=round(seconds, 3))
-    with open(os.path.join(output, 'energy.json'), 'w') as f:
-        json.dump({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None}, f, indent=2)
-    details = model_details(run)
-    with open(os.path.join(output, 'energy.md'), 'w') as f:
-        f.write(report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=details))
-    plot_report(report, os.path.join(output, 'energy.png'), title=title)
 
-    top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
-    samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
-    print(f'{title} ({samples}{top1}): {report.mac_ops:,.0f} MAC, {si(report.ac_ops)} AC, '
-          f'{mj(report.energy_mj)} per sample' + (f' (paper: {mj(row.energy_mj)})' if row else ''))
-    for name in ('energy.json', 'energy.md', 'energy.png'):
-        print(f'wrote {os.path.join(output, name)}')
+    def dump(path):
+        with open(path, 'w') as f:
+            json.dump({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None}, f, indent=2)
+
+    def markdown(path):
+        with open(path, 'w') as f:
+            f.write(report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=model_details(run)))
+
+    write_report_files(output, [('energy.json', dump), ('energy.md', markdown),
+                                ('energy.png', lambda path: plot_report(report, path, title=title))])
     return dict(report=report, output=output, paper=row)
 
 

@@ -22,7 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from energy.cli import REPORT_KEYS, model_details, prepare_report  # noqa: E402
+from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files  # noqa: E402
 from utils.config import Key  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
@@ -36,7 +36,6 @@ def main(argv=None) -> dict:
     from energy.report import percent
     from energy.spike_plots import plot_attention, plot_firing_maps, plot_firing_rates
     from energy.spikes import record_spikes
-    from utils.main import default_output
 
     run = prepare_report(list(sys.argv[1:] if argv is None else argv), EXTRA_KEYS,
                          'whose spikes to record', 'spikes')
@@ -53,20 +52,11 @@ def main(argv=None) -> dict:
     mean = sum(n.rate for n in report.neurons) / len(report.neurons)
     print(f'{title} ({report.samples} samples{top1}): {len(report.neurons)} neurons, mean firing rate '
           f'{percent(mean)}, lowest {percent(min(n.rate for n in report.neurons))}, highest '
-          f'{percent(max(n.rate for n in report.neurons))}')
-    output = cfg.output or default_output(cfg, 'spikes')
-    os.makedirs(output, exist_ok=True)
+          f'{percent(max(n.rate for n in report.neurons))}', flush=True)
     info = dict(model=cfg.model, dataset=cfg.dataset, config=cfg.source, checkpoint=cfg.checkpoint,
                 use_ema=cfg.use_ema, time_steps=model.T, batches=run.total, device=str(run.device),
                 amp_dtype=str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else None,
                 seconds=round(seconds, 3))
-    written = []
-
-    def write(name, make):
-        path = os.path.join(output, name)
-        make(path)
-        written.append(path)
-        print(f'wrote {path}')
 
     def dump(path):
         with open(path, 'w') as f:
@@ -76,13 +66,14 @@ def main(argv=None) -> dict:
         with open(path, 'w') as f:
             f.write(report.to_markdown(title=f'Spikes: {title}', details=model_details(run)))
 
-    write('spikes.json', dump)
-    write('spikes.md', markdown)
-    write('firing_rates.png', lambda path: plot_firing_rates(report, path, title=title))
+    files = [('spikes.json', dump), ('spikes.md', markdown),
+             ('firing_rates.png', lambda path: plot_firing_rates(report, path, title=title))]
     if report.maps:
-        write('firing_maps.png', lambda path: plot_firing_maps(report, path, title=title))
+        files.append(('firing_maps.png', lambda path: plot_firing_maps(report, path, title=title)))
     if report.attention:
-        write('attention.png', lambda path: plot_attention(report, path, title=title))
+        files.append(('attention.png', lambda path: plot_attention(report, path, title=title)))
+    output = run.output
+    written = write_report_files(output, files)
     return dict(report=report, output=output, files=written)
 
 

@@ -96,6 +96,7 @@ def test_mistakes_give_a_message_and_exit_2(setup, tmp_path, capsys):
     assert not out.exists()  # refused before the run folder is made
     other = tmp_path / 'other'
     train_main(setup['base'] + SHORT + ['--output', str(other)])
+    # a resumed run keeps the initial checkpoint it was started from (the recipe check names the key)
     check(['--initial-checkpoint', setup['path'], '--resume', str(other / 'last.pth.tar')],
-          '--resume', '--initial-checkpoint', 'continues that run', 'starts a new run')
+          'cannot resume', 'initial_checkpoint', 'run None')
     assert len(read_summary(other)) == 1

@@ -1,9 +1,16 @@
-"""Run checkpoints in timm's format, written atomically, and exact resume.
+"""Run checkpoints in timm's format, written so that a kill at any instant leaves a consistent run, and exact resume.
 
 A checkpoint is timm's dict (``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``version``, ``args``, ``metric``,
 ``state_dict_ema`` with EMA, ``amp_scaler`` with an fp16 gradient scaler) plus ``best_metric``/``best_epoch``, so
 timm's tools and ``models.load_checkpoint`` read it. timm's ``CheckpointSaver`` is not used: it writes the file in
 place (a crash mid-write leaves a broken ``last.pth.tar``) and keeps a ranked history this project does not need.
+
+Save order, for a kill -9 at any instant: ``last.pth.tar`` is written to ``last.pth.tar.tmp<pid>``, flushed and
+renamed over the old one; then, when the epoch is the best so far, ``model_best.pth.tar`` becomes a hard link of it
+(a copy where the file system has no hard links), again through a temporary name and a rename. Each rename is atomic,
+so each file always holds a whole checkpoint. The one state a kill can leave is ``last.pth.tar`` recording itself as
+the best epoch while ``model_best.pth.tar`` holds an older one; the next start repairs it, and removes the
+temporary files (``utils.run_folder``). Files are never rewritten in place, so a link shared by both names is safe.
 
 Exact resume needs nothing more: the learning rate follows from the epoch, and every epoch reseeds all random
 generators from (seed, rank, epoch) (see ``utils.main``), so no generator state is stored.
@@ -15,30 +22,62 @@ from typing import Optional
 import torch
 from torch import nn
 
-from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
+from models import CheckpointError, checkpoint_filter_fn
+
+from .errors import writing
 
 LAST, BEST = 'last.pth.tar', 'model_best.pth.tar'
 
 
+def _fsync(path: str) -> None:
+    with open(path, 'rb') as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _replace_atomically(write, path: str) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    """Write to a temporary file beside ``path`` (``write(tmp)``), then rename it over ``path``."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
         write(tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(os.path.dirname(os.path.abspath(path)))
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
 def atomic_save(obj, path: str) -> None:
-    _replace_atomically(lambda tmp: torch.save(obj, tmp), path)
+    def write(tmp):
+        torch.save(obj, tmp)
+        _fsync(tmp)
+    _replace_atomically(write, path)
 
 
-def atomic_copy(src: str, dst: str) -> None:
-    _replace_atomically(lambda tmp: shutil.copyfile(src, tmp), dst)
+def link_or_copy(src: str, dst: str) -> None:
+    """Atomically make ``dst`` the same file as ``src``: a hard link, or a flushed copy where links fail."""
+    def write(tmp):
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            _fsync(tmp)
+    _replace_atomically(write, dst)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -58,26 +97,31 @@ def make_checkpoint(model, optimizer, epoch: int, cfg, metric: float, best_metri
 
 
 def save_run_checkpoint(output: str, state: dict, is_best: bool) -> None:
-    """``last.pth.tar`` every epoch; ``model_best.pth.tar`` a copy of it when the metric improved."""
-    last = os.path.join(output, LAST)
-    atomic_save(state, last)
+    """``last.pth.tar`` every epoch; ``model_best.pth.tar`` a link of it when the metric improved (see above).
+
+    A failed write (disk full) raises a one-screen ``WriteError`` and leaves the previous files whole."""
+    last, best, epoch = os.path.join(output, LAST), os.path.join(output, BEST), state['epoch']
+    if os.path.isfile(last):
+        then = f'{LAST} is left as it was (the previous epoch). Free some space, then continue with --resume {last}'
+    else:
+        then = f'No checkpoint of this run exists yet: free some space, then start the run again in a new folder.'
+    with writing(last, f'The checkpoint of epoch {epoch} was not saved. {then}'):
+        atomic_save(state, last)
     if is_best:
-        atomic_copy(last, os.path.join(output, BEST))
+        with writing(best, f'{LAST} holds epoch {epoch}, the new best, and {BEST} the previous best. Free some '
+                           f'space, then continue with --resume {last}: the start makes {BEST} from {LAST}.'):
+            link_or_copy(last, best)
 
 
-def resume_checkpoint(path: str, model: nn.Module, optimizer, scaler=None, ema=None) -> tuple:
-    """Load a run checkpoint written by ``save_run_checkpoint``; returns ``(start_epoch, best_metric, best_epoch)``."""
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict) or 'optimizer' not in checkpoint or 'epoch' not in checkpoint:
-        raise CheckpointError(f'{path} holds weights only (no optimizer state or epoch), so training cannot '
-                              f'continue from it.\n--resume takes the last.pth.tar of a run written by train.py; '
-                              f'evaluate weights-only checkpoints with test.py --checkpoint.')
+def resume_checkpoint(checkpoint: dict, path: str, model: nn.Module, optimizer, scaler=None, ema=None) -> tuple:
+    """Load a run checkpoint (as ``read_checkpoint`` returned it, checked by ``utils.run_folder.open_resume``) into
+    the model, optimizer, scaler and EMA; returns ``(start_epoch, best_metric, best_epoch)``."""
     try:
         unwrap(model).load_state_dict(checkpoint_filter_fn(checkpoint, unwrap(model)), strict=True)
         optimizer.load_state_dict(checkpoint['optimizer'])
     except (CheckpointError, ValueError) as e:
-        raise CheckpointError(f'{path}: {e}\nResume with the config the run was trained with '
-                              f'(its args.yaml: --config <run>/args.yaml).') from None
+        raise CheckpointError(f'{path}: {e}\nResume with the config the run was trained with (leave out --config: '
+                              f'the run\'s own config then comes from the checkpoint).') from None
     if ema is not None:
         source = checkpoint if 'state_dict_ema' in checkpoint else {'state_dict': checkpoint['state_dict']}
         unwrap(ema).load_state_dict(checkpoint_filter_fn(source, unwrap(ema), use_ema='state_dict_ema' in source))

@@ -9,6 +9,7 @@ Command line: ``--key value`` or ``--key=value``; ``-`` and ``_`` are equivalent
 ``--batch_size``); ``-T`` is ``--time-steps``; booleans accept ``--flag``, ``--flag true|false`` and ``--no-flag``;
 lists take several values (``--mean 0.5 0.5 0.5``); ``null`` sets a nullable key to None.
 """
+import dataclasses
 import difflib
 import os
 import sys
@@ -28,13 +29,19 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: default, type (bool, int, float, str or 'floats' for a list of numbers), help."""
+    """One config key: default, type (bool, int, float, str or 'floats' for a list of numbers), help.
+
+    ``may_change_on_resume``: whether ``--resume`` accepts a value other than the run's. False by default, so every
+    key of the architecture or the recipe, including keys added later, is protected: a resumed run refuses to
+    continue under another value (see :data:`MAY_CHANGE_ON_RESUME`).
+    """
     default: Any
     kind: Any
     help: str = ''
     nullable: bool = False
     choices: tuple = ()
     length: Optional[int] = None  # for 'floats'
+    may_change_on_resume: bool = False
 
 
 def _k(default, kind, help='', **kw) -> Key:
@@ -122,19 +129,33 @@ SCHEMA = {
     'dist_bn': _k('broadcast', str, 'BatchNorm statistics every rank evaluates with (several processes): broadcast '
                   '= rank 0\'s, as the published runs (DDP broadcasts them); reduce = their average over ranks',
                   choices=('broadcast', 'reduce')),
+    'trust_checkpoint': _k(False, bool, 'load a checkpoint that holds pickled Python objects beyond weights and plain '
+                           'values (unpickling them can run code: only for files you trust)'),
     'local_rank': _k(0, int, 'set by torch.distributed.launch (--local-rank); the LOCAL_RANK variable wins'),
 }
+# The keys a resumed run may change: where the data lie and how they are loaded, the device and threads, logging,
+# limits, the invocation's own keys, and `epochs` (to extend a run). Everything else defines the architecture or the
+# recipe. (Set here rather than on each line above, so that this policy reads in one place.)
+MAY_CHANGE_ON_RESUME = ('data_dir', 'dataset_download', 'val_batch_size', 'workers', 'neuron_backend', 'epochs',
+                        'device', 'threads', 'output', 'resume', 'checkpoint', 'use_ema', 'log_interval',
+                        'limit_train_batches', 'limit_eval_batches', 'trust_checkpoint', 'local_rank')
+for _name in MAY_CHANGE_ON_RESUME:
+    SCHEMA[_name] = dataclasses.replace(SCHEMA[_name], may_change_on_resume=True)
+# The keys of one invocation rather than of the run: never taken from the config a checkpoint records.
+INVOCATION_KEYS = ('output', 'resume', 'checkpoint', 'use_ema', 'trust_checkpoint', 'local_rank')
 ALIASES = {'T': 'time_steps'}
 _NULLS = ('null', 'none', '~')
 _TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 
 
 class Config:
-    """Resolved configuration: attribute access (``cfg.lr``), ``cfg.to_dict()``; ``source`` is the YAML file."""
+    """Resolved configuration: attribute access (``cfg.lr``), ``cfg.to_dict()``; ``source`` is the YAML file,
+    ``command_line`` the names of the keys given on the command line."""
 
-    def __init__(self, values: Mapping[str, Any], source: Optional[str] = None):
+    def __init__(self, values: Mapping[str, Any], source: Optional[str] = None, command_line=()):
         object.__setattr__(self, '_values', dict(values))
         object.__setattr__(self, 'source', source)
+        object.__setattr__(self, 'command_line', frozenset(command_line))
 
     def __getattr__(self, name):
         try:
@@ -328,7 +349,7 @@ def load_config(argv: Optional[Sequence[str]] = None, default_config: Optional[s
     elif base is not None:
         values.update(validate({k: v for k, v in base.items() if k in schema}, schema, 'the checkpoint\'s config'))
     values.update(overrides)
-    return Config(values, source)
+    return Config(values, source, command_line=overrides)
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -15,40 +15,31 @@ from torch import nn
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint, renamed_state_dict
 
 from .config import Config
-from .errors import UserError
 
 
 def initial_checkpoint_to_load(cfg: Config) -> Optional[str]:
-    """The path of ``cfg.initial_checkpoint`` to load, or None; checked before anything is built.
+    """The path of ``cfg.initial_checkpoint`` to load into a new run, or None; checked before anything is built.
 
-    With ``--resume`` it is an error, except when the run being resumed was itself started from that initial
-    checkpoint (its config names the same path, as ``--config <run>/args.yaml --resume <run>/last.pth.tar`` does):
-    then the resumed weights supersede it and it is not loaded.
+    A resumed run never loads it: its weights come from the resumed checkpoint, and the recipe check on resume
+    (``utils.run_folder.check_same_recipe``) refuses an ``initial_checkpoint`` other than the one the run was
+    started from, so ``--resume <run>/last.pth.tar`` continues a fine-tuning run as it was configured.
     """
     path = cfg.initial_checkpoint
     if path is None:
         return None
-    if cfg.resume:
-        checkpoint = read_checkpoint(cfg.resume)
-        trained = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-        if isinstance(trained, dict) and trained.get('initial_checkpoint') == path:
-            return None
-        raise UserError(f'--initial-checkpoint {path} and --resume {cfg.resume} were both given; pass one of them:\n'
-                        f'  --resume {cfg.resume} continues that run (its weights, optimizer state and epoch);\n'
-                        f'  --initial-checkpoint {path} starts a new run from its weights (fine-tuning).')
     if not os.path.isfile(path):
         raise CheckpointError(f'initial checkpoint not found: {path}\nCheck the path (relative paths start in the '
                               f'current directory: {os.getcwd()}).')
     return path
 
 
-def load_initial_checkpoint(model: nn.Module, path: str, use_ema: bool = False) -> str:
+def load_initial_checkpoint(model: nn.Module, path: str, use_ema: bool = False, trust: bool = False) -> str:
     """Load the weights of checkpoint ``path`` into ``model``; returns the line to log.
 
     Every tensor must fit strictly (a :class:`CheckpointError` names the keys or shapes that do not), except the
     classifier head when its number of classes differs: it is left as the model initialised it.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, trust=trust)
     try:
         state = renamed_state_dict(checkpoint, use_ema)
     except CheckpointError as e:

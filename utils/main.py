@@ -2,7 +2,8 @@
 
 Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>``; on ``--resume`` the resumed run's
 folder): ``args.yaml`` (the resolved config), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
-``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints.
+``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
+start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
 Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch). Each rank thus gets its own
 augmentation stream, and a run resumed at epoch k draws exactly what an uninterrupted run draws from epoch k on.
@@ -24,16 +25,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
-from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import Config, load_config, save_config
+from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
+from .config import INVOCATION_KEYS, Config, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device, sync_bn_stats
 from .engine import evaluate, train_loss_fn, train_one_epoch
-from .errors import UserError
+from .errors import UserError, writing
 from .factory import build_model
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
+from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
+                         check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
 
 SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
 EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
@@ -83,8 +86,10 @@ class RunLog:
             return
         print(message, flush=True)
         if self.output:
-            with open(os.path.join(self.output, 'log.txt'), 'a') as f:
-                f.write(message + '\n')
+            path = os.path.join(self.output, 'log.txt')
+            with writing(path, 'The line above was not logged; the checkpoints of the finished epochs are saved.'):
+                with open(path, 'a') as f:
+                    f.write(message + '\n')
 
     def scalars(self, values: dict, step: int) -> None:
         if self.writer is not None:
@@ -95,6 +100,21 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def write_text(path: str, text: str, consequence: str) -> None:
+    """Write ``text`` to ``path`` (its folder created), through a temporary file and a rename, so that a failed
+    write leaves no half file; a failure is a one-screen error that ends with ``consequence``."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with writing(path, consequence):
+        try:
+            os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+            with open(tmp, 'w') as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _read_summary(path: str, before_epoch: int) -> list:
@@ -109,34 +129,41 @@ def _write_summary(path: str, rows: list, columns: list) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
     writer.writeheader()
     writer.writerows(rows)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    last = os.path.join(os.path.dirname(path), 'last.pth.tar')
+    write_text(path, buffer.getvalue(), f'{os.path.basename(path)} is left as it was, and so is last.pth.tar (the '
+                                        f'previous epoch). Free some space, then continue with --resume {last}')
 
 
 def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
     """Train (and evaluate every epoch) as configured; returns the best epoch's evaluation."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv, default_config)
+    resume = None
+    if cfg.resume:
+        cfg, resume = open_resume(cfg, argv, _argv_has_config(argv))
     info = init_distributed(cfg)
     try:
-        return _train(cfg, info)
+        return _train(cfg, info, resume)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, info: DistInfo) -> dict:
+def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     device = info.device
     resolve_data_config(cfg)
     amp_dtype, scaler = amp_setup(cfg, device)
-    if cfg.resume and not os.path.isfile(cfg.resume):
-        raise CheckpointError(f'checkpoint to resume from not found: {cfg.resume}\nPass the last.pth.tar of a run '
-                              f'folder (relative paths start in the current directory: {os.getcwd()}).')
     if cfg.grad_accum_steps < 1:
         raise UserError(f'--grad-accum-steps must be 1 or more, got {cfg.grad_accum_steps}.')
-    initial_checkpoint = initial_checkpoint_to_load(cfg)
-    if cfg.output is None:
-        cfg.output = os.path.dirname(os.path.abspath(cfg.resume)) if cfg.resume else default_output(cfg, 'train')
+    if resume is not None:
+        check_same_recipe(resume.recorded, cfg)  # also: the same initial_checkpoint, which the resume supersedes
+        initial_checkpoint = None
+        if info.is_main:
+            check_output_location(cfg.output)
+    else:
+        initial_checkpoint = initial_checkpoint_to_load(cfg)
+        cfg.output = cfg.output or default_output(cfg, 'train')
+        if info.is_main:
+            check_fresh_output(cfg.output)
 
     if cfg.dataset_download and info.distributed:  # one process downloads, the others wait for it
         if info.is_main:
@@ -149,7 +176,7 @@ def _train(cfg: Config, info: DistInfo) -> dict:
 
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg)
-    loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema) if initial_checkpoint else None
+    loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) if initial_checkpoint else None
     model = model.to(device)
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
     # created before a resume loads the optimizer state, so the schedule follows this run's config
@@ -158,22 +185,28 @@ def _train(cfg: Config, info: DistInfo) -> dict:
                                                 warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
     start_epoch, best_metric, best_epoch = 0, None, None
-    if cfg.resume:
-        start_epoch, best_metric, best_epoch = resume_checkpoint(cfg.resume, model, optimizer, scaler, ema)
+    if resume is not None:
+        start_epoch, best_metric, best_epoch = resume_checkpoint(resume.checkpoint, resume.path, model, optimizer,
+                                                                 scaler, ema)
+        resume.checkpoint = None  # free its memory
     scheduler.step(start_epoch)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
         if info.distributed else model
 
-    # the run folder is created only once the inputs are known to be good
+    # the run folder is written only once the config, checkpoint, data and output are known to be good
+    notes = []
     if info.is_main:
-        os.makedirs(cfg.output, exist_ok=True)
-        save_config(cfg, os.path.join(cfg.output, 'args.yaml'))
-        write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
+        check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
+        notes = start_folder(cfg, resume)
+        with writing(cfg.output, 'The run has not started.'):
+            write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
     log = RunLog(cfg.output, info.is_main)
-    if cfg.resume:
-        log(f'resumed from {cfg.resume} at epoch {start_epoch}')
+    if resume is not None:
+        log(f'resumed from {resume.path} at epoch {start_epoch}')
     if loaded:
         log(loaded)
+    for note in notes:
+        log(note)
     summary_path = os.path.join(cfg.output, 'summary.csv')
     rows = _read_summary(summary_path, start_epoch) if info.is_main else []
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
@@ -226,8 +259,11 @@ def _train(cfg: Config, info: DistInfo) -> dict:
             f'best top-1 {best_metric:.2f}% (epoch {best_epoch}) | {format_duration(clock.elapsed())} elapsed, '
             f'{format_duration(clock.remaining_after(epoch))} remaining')
     if best_metric is not None:
-        log(f'done: best top-1 {best_metric:.2f}% at epoch {best_epoch}; run folder {cfg.output} '
-            f'(summary.csv, model_best.pth.tar, last.pth.tar)')
+        if not info.is_main or best_file_epoch(cfg.output) == best_epoch:
+            files = f'summary.csv, {BEST}, last.pth.tar'
+        else:  # only where a run folder was tampered with (or written by an older version): say so
+            files = f'summary.csv, last.pth.tar; {BEST} does not hold epoch {best_epoch}'
+        log(f'done: best top-1 {best_metric:.2f}% at epoch {best_epoch}; run folder {cfg.output} ({files})')
     log.close()
     return dict(best_top1=best_metric, best_epoch=best_epoch, output=cfg.output)
 
@@ -247,36 +283,37 @@ def load_trained_model(cfg: Config, checkpoint, device: torch.device) -> torch.n
 
 
 def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
-    """Evaluate ``--checkpoint`` on the validation split; print and write ``results.json`` into ``--output``.
+    """Evaluate ``--checkpoint`` on the validation split; print, then write ``results.json`` into ``--output``.
 
     Without ``--config``, a checkpoint written by ``train_main`` brings its own config (architecture, data,
     normalisation), so ``test.py --checkpoint <run>/model_best.pth.tar`` needs nothing else; published checkpoints
-    use the script's default config. Command-line keys override either.
+    use the script's default config. Command-line keys override either. The output folder is checked before the
+    evaluation, and the metrics are printed before they are written, so a failed write loses nothing.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv, default_config)
     if cfg.checkpoint is None:
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
-    checkpoint = read_checkpoint(cfg.checkpoint)
+    checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
     trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     if isinstance(trained_args, dict) and not _argv_has_config(argv):
-        own = ('output', 'resume', 'checkpoint', 'use_ema', 'local_rank')
-        cfg = load_config(argv, None, base={k: v for k, v in trained_args.items() if k not in own})
+        cfg = load_config(argv, None, base={k: v for k, v in trained_args.items() if k not in INVOCATION_KEYS})
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype, _ = amp_setup(cfg, device)
+    output = cfg.output or default_output(cfg, 'test')
+    check_output_location(output)
     model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
                    checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
-    output = cfg.output or default_output(cfg, 'test')
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
     print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
-          f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}\n'
-          f'results: {os.path.join(output, "results.json")}')
+          f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}', flush=True)
+    path = os.path.join(output, 'results.json')
+    write_text(path, json.dumps(results, indent=2), 'The metrics printed above were not saved.')
+    print(f'results: {path}')
     return results
+

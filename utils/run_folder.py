@@ -1,0 +1,267 @@
+"""The run folder of a training run: one run per folder, resumed only in place and only under the run's recipe,
+written only once the start is known to be good.
+
+What a start checks before it writes anything (rank 0 checks the folder; every rank checks the checkpoint):
+
+* the output folder is not a file and can be written; a fresh run's is new or empty (a folder that holds another
+  run's files is refused, with the resume command in the message);
+* ``--resume PATH``: the run continues in the folder that holds PATH, whatever the ``output`` of a config file says
+  (a copied or renamed run folder continues in the copy); an ``--output`` on the command line that names another
+  folder is an error, and so is a PATH other than the folder's own ``last.pth.tar`` (continuing from it would
+  overwrite the later epochs of that file). Every key whose :class:`~utils.config.Key` is not
+  ``may_change_on_resume`` must equal the value recorded in the checkpoint (its ``args``, which ``args.yaml``
+  mirrors); the message lists the keys that differ;
+* the disk has room for three checkpoints (last, best, and the next last while it is written), estimated from the
+  model's state, the optimizer's state and the EMA copy.
+
+Then (rank 0): the folder is created, temporary files left by a killed process are removed, ``model_best.pth.tar``
+is repaired when a kill fell between writing ``last.pth.tar`` and linking it (see ``utils.checkpoint``), and
+``args.yaml`` is written.
+"""
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+from models import CheckpointError, read_checkpoint
+
+from .checkpoint import BEST, LAST, link_or_copy
+from .config import INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, ConfigError, convert, load_config
+from .config import save_config
+from .errors import UserError, size_text, writing
+
+# Temporary files of an atomic write (``<name>.tmp<pid>`` or ``<name>.tmp``): garbage once their writer is gone.
+_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml)\.tmp\d*$')
+_MAX_LISTED = 10
+
+
+def _existing_ancestor(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_location(path: str, option: str = '--output') -> None:
+    """``path`` is a folder, or can be created as one, and can be written (tested with a probe file, which also
+    catches read-only file systems and works for root, unlike permission bits)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f'{option} {path} is a file, not a folder: choose a folder name (new or empty).')
+    parent = _existing_ancestor(path)
+    if not os.path.isdir(parent):
+        raise UserError(f'{option} {path} cannot be created: {parent} is a file, not a folder.')
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f'{option} {path} cannot be written ({parent}: {e.strerror or e}): choose a folder on a '
+                        f'writable disk with {option}.') from None
+
+
+def check_fresh_output(path: str) -> None:
+    """A new run writes only into a new or empty folder."""
+    check_output_location(path)
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    if not entries:
+        return
+    shown = ', '.join(entries[:6]) + (f', ... ({len(entries)} entries)' if len(entries) > 6 else '')
+    if LAST in entries:
+        advice = (f'To continue that run: --resume {os.path.join(path, LAST)}. To start a new one, choose another '
+                  f'--output (or leave it unset for a new timestamped folder).')
+    else:
+        advice = ('It holds no checkpoint (a run that stopped before its first epoch ended?): delete it, or choose '
+                  'another --output (or leave it unset for a new timestamped folder).')
+    raise UserError(f'--output {path} is not empty ({shown}): a run folder belongs to one run, so a new run does '
+                    f'not write into it.\n{advice}')
+
+
+def resume_folder(cfg: Config) -> str:
+    """The folder of the run that ``cfg.resume`` continues: the one holding the checkpoint file."""
+    path = cfg.resume
+    folder = os.path.dirname(os.path.abspath(path))
+    if 'output' in cfg.command_line and cfg.output is not None and os.path.abspath(cfg.output) != folder:
+        raise UserError(f'--output {cfg.output} and --resume {path} name different folders: a resumed run continues '
+                        f'in the folder that holds its checkpoint ({folder}).\nDrop --output; to branch off a new run '
+                        f'from this checkpoint, copy it into a new folder and resume there.')
+    last = os.path.join(folder, LAST)
+    if os.path.isfile(last) and not os.path.samefile(last, path):
+        raise UserError(f'--resume {path} is not the run\'s {LAST}: continuing from it would overwrite {last} and '
+                        f'lose the epochs after it.\nResume from {last}; to branch off from {path}, copy it into a '
+                        f'new folder (as {LAST}) and resume there.')
+    return folder
+
+
+@dataclass
+class Resume:
+    """What ``--resume`` brings: the checkpoint (dropped once loaded, to free its memory), the config it records
+    (None for a checkpoint of another code base) and its epoch, best epoch and best metric."""
+    path: str
+    checkpoint: Optional[dict]
+    recorded: Optional[dict]
+    progress: dict = field(default_factory=dict)
+
+
+def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
+    """``(cfg, Resume)`` for ``cfg.resume``: the checkpoint read safely (``trust_checkpoint``), and the config to run
+    with. Without ``--config`` the recorded config is the base (command-line keys override it), so ``--resume PATH``
+    alone continues the run as it was configured; the output folder is the checkpoint's (:func:`resume_folder`)."""
+    path = cfg.resume
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint to resume from not found: {path}\nPass the last.pth.tar of a run folder '
+                              f'(relative paths start in the current directory: {os.getcwd()}).')
+    checkpoint = read_checkpoint(path, trust=cfg.trust_checkpoint)
+    if not isinstance(checkpoint, dict) or 'optimizer' not in checkpoint or 'epoch' not in checkpoint:
+        raise CheckpointError(f'{path} holds weights only (no optimizer state or epoch), so training cannot '
+                              f'continue from it.\n--resume takes the last.pth.tar of a run written by train.py; '
+                              f'evaluate weights-only checkpoints with test.py --checkpoint.')
+    recorded = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else None
+    if recorded is not None and not has_config:
+        cfg = load_config(argv, None, base={k: v for k, v in recorded.items() if k not in INVOCATION_KEYS})
+    cfg.output = resume_folder(cfg)
+    progress = {k: checkpoint.get(k) for k in ('epoch', 'best_epoch', 'best_metric')}
+    return cfg, Resume(path, checkpoint, recorded, progress)
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def recipe_differences(recorded: Mapping, cfg: Config, schema: Mapping = SCHEMA) -> list:
+    """``[(key, run's value, new value)]`` for every protected key (not ``may_change_on_resume``) whose value in
+    ``cfg`` differs from the recorded one; a key the run did not record (added since) counts with its default."""
+    differences = []
+    for name, key in schema.items():
+        if key.may_change_on_resume or name not in cfg:
+            continue
+        old = recorded.get(name, key.default)
+        try:
+            old = convert(name, key, old)
+        except ConfigError:  # a value an older version accepted: compare as recorded
+            pass
+        new = getattr(cfg, name)
+        if _comparable(old) != _comparable(new):
+            differences.append((name, old, new))
+    return differences
+
+
+def check_same_recipe(recorded: Optional[Mapping], cfg: Config) -> None:
+    """Refuse to resume under another architecture or recipe than the run's (``recorded``; None skips the check)."""
+    if recorded is None:
+        return
+    differences = recipe_differences(recorded, cfg)
+    if not differences:
+        return
+    lines = [f'  {name}: run {old!r}, now {new!r}' for name, old, new in differences[:_MAX_LISTED]]
+    if len(differences) > _MAX_LISTED:
+        lines.append(f'  ... and {len(differences) - _MAX_LISTED} more')
+    free = ', '.join(k for k in MAY_CHANGE_ON_RESUME if k not in INVOCATION_KEYS and k != 'epochs')
+    raise UserError(f'cannot resume {cfg.resume} under another recipe: these keys differ from the run\'s '
+                    f'(recorded in the checkpoint):\n' + '\n'.join(lines) + '\n'
+                    f'A resumed run continues the run as it was trained: drop these options (without --config the '
+                    f'run\'s own config is used), or start a new run in another folder.\nOn resume only {free} and '
+                    f'epochs (to extend the schedule) may change.')
+
+
+def checkpoint_size_estimate(model, optimizer, ema=None) -> int:
+    """Bytes of one run checkpoint: the model's state, the optimizer's state (measured when a resume loaded it, else
+    two tensors per parameter, what Adam-family optimizers keep; SGD keeps at most one), the EMA copy, plus 1 MiB."""
+    def nbytes(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors if hasattr(t, 'element_size'))
+
+    model_bytes = nbytes(model.state_dict().values())
+    state = optimizer.state_dict()['state']
+    optimizer_bytes = (nbytes(v for s in state.values() for v in s.values()) if state else
+                       2 * nbytes(p for p in model.parameters() if p.requires_grad))
+    ema_bytes = nbytes(ema.state_dict().values()) if ema is not None else 0
+    return model_bytes + optimizer_bytes + ema_bytes + 2 ** 20
+
+
+def check_free_space(folder: str, checkpoint_bytes: int) -> None:
+    """Room for three checkpoints (``last``, ``best`` when it is an older epoch, the next ``last`` while it is
+    written), less what the folder's checkpoints already take."""
+    held = {}
+    for name in (LAST, BEST):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            st = os.stat(path)
+            held[(st.st_dev, st.st_ino)] = st.st_size
+    need = 3 * checkpoint_bytes - sum(held.values())
+    free = shutil.disk_usage(_existing_ancestor(folder)).free
+    if free < need:
+        raise UserError(f'not enough free space for the run\'s checkpoints in {folder}: {size_text(free)} free, about '
+                        f'{size_text(need)} needed (three checkpoints of about {size_text(checkpoint_bytes)}: '
+                        f'{LAST}, {BEST} and the next {LAST} while it is written).\nFree some space, or choose an '
+                        f'--output on another disk.')
+
+
+def remove_temporaries(folder: str) -> list:
+    """Delete the temporary files of atomic writes that a killed process left behind; returns their names."""
+    names = sorted(n for n in os.listdir(folder) if _TEMPORARY.match(n)) if os.path.isdir(folder) else []
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return names
+
+
+def best_file_epoch(folder: str) -> Optional[int]:
+    """The epoch held by the folder's ``model_best.pth.tar`` (None when missing or unreadable), read cheaply (the
+    tensors are memory-mapped, not read)."""
+    best = os.path.join(folder, BEST)
+    if not os.path.isfile(best):
+        return None
+    try:
+        checkpoint = read_checkpoint(best, mmap=True)
+        return checkpoint.get('epoch') if isinstance(checkpoint, dict) else None
+    except CheckpointError:
+        return None
+
+
+def repair_best(folder: str, last_checkpoint: Mapping) -> Optional[str]:
+    """Make ``model_best.pth.tar`` hold the best epoch that ``last.pth.tar`` records, where that is possible.
+
+    The save order (last, then best as a link of it) means one state only can be stale after a kill: last records
+    its own epoch as the best while best still holds an older one (or is missing); best is then linked to last.
+    Returns a line for the log when something was repaired or cannot be, else None.
+    """
+    best_epoch, epoch = last_checkpoint.get('best_epoch'), last_checkpoint.get('epoch')
+    if best_epoch is None or best_file_epoch(folder) == best_epoch:
+        return None
+    best_metric = last_checkpoint.get('best_metric')
+    if best_epoch == epoch:
+        link_or_copy(os.path.join(folder, LAST), os.path.join(folder, BEST))
+        return f'{BEST} repaired: it now holds epoch {epoch}, the best epoch recorded in {LAST} (an earlier run ' \
+               f'was stopped between writing the two)'
+    return f'warning: {BEST} does not hold epoch {best_epoch}, the best epoch recorded in {LAST} (top-1 ' \
+           f'{best_metric}); it is written again when an epoch beats that'
+
+
+def start_folder(cfg: Config, resume: Optional[Resume]) -> list:
+    """Create or tidy the run folder and write ``args.yaml``; returns lines for the log. Call on rank 0 once the
+    config, checkpoint, data and output are known to be good.
+
+    ``args.yaml`` records ``resume: null``: it is the config to rerun or resume the run with, and a recorded
+    ``resume`` would make ``--config <run>/args.yaml`` of a copied folder continue the original run (``log.txt``
+    records each start's checkpoint).
+    """
+    folder = cfg.output
+    notes = []
+    with writing(folder, 'Nothing was written into the run folder.'):
+        os.makedirs(folder, exist_ok=True)
+    if resume is not None:
+        if resume.recorded is None:
+            notes.append(f'note: {resume.path} records no config of this project, so the recipe was not compared')
+        with writing(folder, 'The run has not started.'):
+            removed = remove_temporaries(folder)
+        if removed:
+            notes.append(f'removed temporary files of an interrupted write: {", ".join(removed)}')
+        if os.path.isfile(os.path.join(folder, LAST)):  # then it is the resumed checkpoint (resume_folder)
+            with writing(os.path.join(folder, BEST), f'{LAST} is unchanged; the next start tries again.'):
+                note = repair_best(folder, resume.progress)
+            if note:
+                notes.append(note)
+    path = os.path.join(folder, 'args.yaml')
+    with writing(path, 'The run has not started.'):
+        save_config(Config({**cfg.to_dict(), 'resume': None}), path)
+    return notes
