@@ -27,8 +27,10 @@ from dataclasses import asdict
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from utils.config import Key, load_config  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import UserError, exit_on_interrupt, run_cli  # noqa: E402
+
+with exit_on_interrupt('interrupted; nothing was written'):  # Ctrl-C during the heavy imports: one line
+    from utils.config import Key, load_config  # noqa: E402
 
 EXTRA_KEYS = {
     'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
@@ -134,4 +136,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    run_cli(main, interrupted='interrupted; nothing was written')

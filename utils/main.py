@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import Config, load_config, save_config
+from .config import Config, check_cross_keys, load_config, save_config
 from .data import build_datasets, build_eval_loader, build_loaders, resolve_data_config, write_sample_files
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device
 from .engine import evaluate, train_loss_fn, train_one_epoch
@@ -111,6 +111,7 @@ def _write_summary(path: str, rows: list, columns: list) -> None:
 def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
     """Train (and evaluate every epoch) as configured; returns the best epoch's evaluation."""
     cfg = load_config(argv, default_config)
+    check_cross_keys(cfg)
     info = init_distributed(cfg)
     try:
         return _train(cfg, info)
