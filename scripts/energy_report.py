@@ -17,26 +17,28 @@ Without ``--config``, a checkpoint written by train.py brings its own config. Wr
   rates per block and the per-layer table;
 * ``energy.png``: energy and input firing rate per operation, Q/K/V firing rates per block.
 """
-import itertools
-import json
 import os
 import sys
-import time
-from dataclasses import asdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from utils.errors import UserError, exit_on_interrupt, run_cli  # noqa: E402
+from utils.errors import UserError, exit_on_interrupt, run_cli  # noqa: E402  (first: Ctrl-C is one line from here)
 
-with exit_on_interrupt('interrupted; nothing was written'):  # Ctrl-C during the heavy imports: one line
-    from utils.config import Key, load_config  # noqa: E402
+INTERRUPTED = 'interrupted; nothing was written'
+with exit_on_interrupt(INTERRUPTED):
+    import itertools
+    import json
+    import time
+    from dataclasses import asdict
+
+    from utils.config import Bounds, Key, load_config
 
 EXTRA_KEYS = {
     'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
-                         nullable=True),
-    'e_mac_pj': Key(4.6, float, 'energy of one multiply-accumulate in pJ (45 nm)'),
-    'e_ac_pj': Key(0.9, float, 'energy of one accumulate in pJ (45 nm)'),
+                         nullable=True, bounds=Bounds(1)),
+    'e_mac_pj': Key(4.6, float, 'energy of one multiply-accumulate in pJ (45 nm)', bounds=Bounds(0)),
+    'e_ac_pj': Key(0.9, float, 'energy of one accumulate in pJ (45 nm)', bounds=Bounds(0)),
     'precision': Key('float32', str, "float32, as the published calculator (which ignores AMP), or 'amp': autocast "
                      "with the config's amp_dtype; the config's own amp key (a training setting) is not used here",
                      choices=('float32', 'amp')),
@@ -136,4 +138,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    run_cli(main, interrupted='interrupted; nothing was written')
+    run_cli(main, interrupted=INTERRUPTED)

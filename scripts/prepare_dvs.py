@@ -24,29 +24,30 @@ rebuilds it and drops the frame caches derived from the old events). Decoding: `
 class per shape and motion, learnable by a small network in a few epochs); with ``--root`` it is then
 converted like real data.
 """
-import argparse
-import concurrent.futures as cf
-import json
-import math
 import os
-import re
-import shutil
-import struct
 import sys
-import tarfile
-import time
-import zipfile
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.errors import exit_interrupted, exit_on_interrupt  # noqa: E402
+from utils.errors import exit_interrupted, exit_on_interrupt  # noqa: E402  (first: Ctrl-C from here on is one line)
 
 INTERRUPTED = 'interrupted; ROOT/events_np was not written (the same command starts again from scratch)'
-with exit_on_interrupt(INTERRUPTED):  # Ctrl-C during the imports: one line, as everywhere else
+with exit_on_interrupt(INTERRUPTED):
+    import argparse
+    import concurrent.futures as cf
+    import json
+    import math
+    import re
+    import shutil
+    import struct
+    import tarfile
+    import time
+    import zipfile
+    import zlib
+
     import numpy as np
     from tqdm import tqdm
 
-    from utils.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31  # noqa: E402
+    from utils.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31
 
 DATASETS = ('dvs128-gesture', 'cifar10-dvs')
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
