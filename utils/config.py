@@ -42,11 +42,12 @@ class Bounds:
         return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
 
     def __str__(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            return f'in {"(" if self.lo_open else "["}{self.lo:g}, {self.hi:g}{")" if self.hi_open else "]"}'
-        if self.lo is not None:
-            return f'{">" if self.lo_open else ">="} {self.lo:g}'
-        return f'{"<" if self.hi_open else "<="} {self.hi:g}' if self.hi is not None else 'any number'
+        lo, hi = (x if x is None or x != int(x) else int(x) for x in (self.lo, self.hi))  # 1, not 1.0
+        if lo is not None and hi is not None:
+            return f'in {"(" if self.lo_open else "["}{lo}, {hi}{")" if self.hi_open else "]"}'
+        if lo is not None:
+            return f'{">" if self.lo_open else ">="} {lo}'
+        return f'{"<" if self.hi_open else "<="} {hi}' if hi is not None else 'any number'
 
 
 POSITIVE = Bounds(0, lo_open=True)  # > 0 (a float)

@@ -84,9 +84,10 @@ def check_datasets(cfg, train_ds, eval_ds) -> None:
     else:  # CIFAR, digits, event data: the class count is the data set's own
         count, found = _label_count(cfg, datasets, DATASETS[cfg.dataset]['num_classes'])
     if cfg.num_classes != count:
-        raise DataError(f'num_classes is {cfg.num_classes}, but the {cfg.dataset} data ({cfg.data_dir}) has {found}: '
-                        f'the model needs one output per class.\nFix: --num-classes {count}, or point --data-dir at '
-                        f'the data the config (or checkpoint) is for.')
+        where = '' if cfg.dataset == 'digits' else f' ({cfg.data_dir})'  # the digits come with scikit-learn
+        raise DataError(f'num_classes is {cfg.num_classes}, but the {cfg.dataset} data{where} has {found}: the model '
+                        f'needs one output per class.\nFix: --num-classes {count}, or point --data-dir at the data '
+                        f'the config (or checkpoint) is for.')
     if eval_ds is not None and len(eval_ds) == 0:
         raise DataError(f'the evaluation split of {cfg.data_dir} has no samples.\nFix: check --data-dir.')
 

@@ -78,7 +78,10 @@ def _on_sigint(signum, frame):
         raise KeyboardInterrupt
     if not _Interrupts.reported:
         _fail(_Interrupts.message, EXIT_INTERRUPTED)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a closed or broken stdout
+        pass
     os._exit(EXIT_INTERRUPTED)
 
 
