@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import Config, check_cross_keys, load_config, save_config
+from .config import Config, ConfigError, check_cross_keys, load_config, save_config
 from .data import build_datasets, build_eval_loader, build_loaders, resolve_data_config, write_sample_files
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device
 from .engine import evaluate, train_loss_fn, train_one_epoch
@@ -53,6 +53,28 @@ def amp_setup(cfg: Config, device: torch.device):
         raise UserError('--amp-dtype float16 needs CUDA; on CPU use --amp-dtype bfloat16 or --no-amp (--amp false).')
     dtype = getattr(torch, name)
     return dtype, (torch.amp.GradScaler('cuda') if dtype == torch.float16 else None)
+
+
+def check_optimizer_and_schedule(cfg: Config) -> None:
+    """``opt`` and ``sched`` name a timm optimizer and an epoch-stepped timm schedule: both are built and stepped
+    once on a dummy parameter (timm decides what exists), so that a typo stops the run before any data is read."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = create_optimizer_v2([param], opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        eps=cfg.opt_eps)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(f"config key 'opt' is {cfg.opt!r}: timm cannot build it ({str(e).rstrip('.')}).\n"
+                          f"Fix: --opt with a timm optimizer name, e.g. adamw, sgd, lamb "
+                          f"(timm.optim.list_optimizers()).") from None
+    try:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                           cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
+                                           warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+        scheduler.step(1)  # stepped once per epoch, without a metric
+    except (ValueError, AssertionError, TypeError, AttributeError) as e:
+        raise ConfigError(f"config key 'sched' is {cfg.sched!r}: not a timm schedule this engine can step once per "
+                          f"epoch ({str(e).rstrip('.')}).\nFix: --sched cosine (the published one), or step, "
+                          f"multistep, tanh, poly.") from None
 
 
 def default_output(cfg: Config, kind: str) -> str:
@@ -123,6 +145,7 @@ def _train(cfg: Config, info: DistInfo) -> dict:
     device = info.device
     resolve_data_config(cfg)
     amp_dtype, scaler = amp_setup(cfg, device)
+    check_optimizer_and_schedule(cfg)
     if cfg.resume and not os.path.isfile(cfg.resume):
         raise CheckpointError(f'checkpoint to resume from not found: {cfg.resume}\nPass the last.pth.tar of a run '
                               f'folder (relative paths start in the current directory: {os.getcwd()}).')
