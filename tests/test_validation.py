@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from utils import aedat
-from utils.config import (FLOATS, NON_NEGATIVE, POSITIVE, PROBABILITY, SCHEMA, Bounds, ConfigError, Key,
+from utils.config import (FLOATS, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, ConfigError, Key,
                           check_cross_keys, load_config)
 from utils.data import build_datasets
 from utils.dvs_data import CIFAR10DVS_CLASSES, build_dvs_datasets

@@ -6,8 +6,10 @@
 SpikingJelly's own classes, ``DVS128Gesture(root, train=..., data_type='frame', frames_number=T,
 split_by='number')`` and ``CIFAR10DVS(root, data_type='frame', frames_number=T, split_by='number')``: the events
 of a sample are split by count into T slices and integrated into polarity count frames, cached once in
-``root/frames_number_<T>_split_by_number`` (the cache is checked against ``events_np`` and rebuilt when
-incomplete; building it is serialised between processes by a lock file so distributed ranks do not race).
+``root/frames_number_<T>_split_by_number`` (the cache is checked against ``events_np`` and rebuilt when a file is
+missing or truncated; building it is serialised between processes by a lock file so distributed ranks do not race;
+Ctrl-C cancels the samples not started). A truncated ``events_np`` file is named with the ``prepare_dvs.py ...
+--force`` command; a cache file that fails to load names the cache to delete.
 
 Labels: DVS128 Gesture labels are the label folder names (``class - 1`` of the label CSVs, 0..10).
 SpikingJelly's ``DatasetFolder`` numbers the folders in string order ('0', '1', '10', '2', ...), which permutes
