@@ -90,7 +90,7 @@ def test_frame_cache_building_and_prepare_dvs(tmp_path):
     # while SpikingJelly's threads integrate the frames: the samples not started are cancelled
     argv = ['cifar10-dvs/train.py', '--data-dir', root, '--batch-size', '4', '--output', tmp_path / 'run'] + TINY
     start = time.time()
-    assert_one_line(*interrupt(argv, 'integrating', 0.2))
+    assert_one_line(*interrupt(argv, 'integrating', 0.05))
     assert time.time() - start < 60
     cache = root / 'frames_number_16_split_by_number'
     assert len(list(cache.rglob('*.npz'))) < 100  # interrupted before the end
