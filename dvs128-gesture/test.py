@@ -12,10 +12,15 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models` and `utils`
 
-from utils.errors import run_cli  # noqa: E402
-from utils.main import test_main  # noqa: E402
+from utils.errors import run_cli  # noqa: E402  (light; the heavy imports run inside run_cli: Ctrl-C is one line)
 
 DEFAULT_CONFIG = os.path.join(HERE, 'dvs128gesture.yml')
 
+
+def main(argv=None):
+    from utils.main import test_main
+    return test_main(argv, DEFAULT_CONFIG)
+
+
 if __name__ == '__main__':
-    run_cli(lambda argv: test_main(argv, DEFAULT_CONFIG))
+    run_cli(main)

@@ -10,12 +10,12 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from utils.config import INVOCATION_KEYS, Config, Key, load_config
+from utils.config import INVOCATION_KEYS, Bounds, Config, Key, load_config
 from utils.errors import UserError, writing
 
 REPORT_KEYS = {
     'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
-                         nullable=True),
+                         nullable=True, bounds=Bounds(1)),
     'precision': Key('float32', str, "float32, as the published calculator (which ignores AMP), or 'amp': autocast "
                      "with the config's amp_dtype; the config's own amp key (a training setting) is not used here",
                      choices=('float32', 'amp')),

@@ -1,4 +1,10 @@
 """Spikingformer models. Importing this package registers the published variants with timm."""
+import warnings
+
+# SpikingJelly scripts a few functions with torch.jit at import, which this torch deprecates: one warning per run
+# that the user can do nothing about (pytest.ini filters it the same way).
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+
 from .checkpoint import CheckpointError, checkpoint_filter_fn, load_checkpoint, read_checkpoint, renamed_state_dict
 from .layers import ATTENTION_SCALE, attention_product
 from .neuron import LIF, lif, set_backend

@@ -229,4 +229,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.path.insert(0, str(REPO))
+    from utils.errors import run_cli
+    run_cli(main, interrupted='interrupted; nothing was written')

@@ -21,23 +21,27 @@ on the console):
 * ``energy.png``: energy per operation (log scale, in the title's unit, share on each bar) and input firing rate per
   operation, grouped into tokenizer, attention, MLP and head; Q/K/V firing rates per block.
 """
-import json
 import os
 import sys
-import time
-from dataclasses import asdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files  # noqa: E402
-from utils.config import Key  # noqa: E402
-from utils.errors import run_cli  # noqa: E402
+from utils.errors import exit_on_interrupt, run_cli  # noqa: E402  (first: Ctrl-C is one line from here)
+
+INTERRUPTED = 'interrupted; nothing was written'
+with exit_on_interrupt(INTERRUPTED):
+    import json
+    import time
+    from dataclasses import asdict
+
+    from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files
+    from utils.config import Bounds, Key
 
 EXTRA_KEYS = {
     **REPORT_KEYS,
-    'e_mac_pj': Key(4.6, float, 'energy of one multiply-accumulate in pJ (45 nm)'),
-    'e_ac_pj': Key(0.9, float, 'energy of one accumulate in pJ (45 nm)'),
+    'e_mac_pj': Key(4.6, float, 'energy of one multiply-accumulate in pJ (45 nm)', bounds=Bounds(0)),
+    'e_ac_pj': Key(0.9, float, 'energy of one accumulate in pJ (45 nm)', bounds=Bounds(0)),
     'rate_average': Key('samples', str, "Q/K/V firing rates over all samples, or the mean of per-batch rates as the "
                         "published calculator (equal when every batch has the same size)",
                         choices=('samples', 'batches')),
@@ -96,4 +100,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    run_cli(main, interrupted=INTERRUPTED)

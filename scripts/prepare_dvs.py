@@ -24,31 +24,37 @@ rebuilds it and drops the frame caches derived from the old events). Decoding: `
 class per shape and motion, learnable by a small network in a few epochs); with ``--root`` it is then
 converted like real data.
 """
-import argparse
-import concurrent.futures as cf
-import json
-import math
 import os
-import re
-import shutil
-import struct
 import sys
-import tarfile
-import time
-import zipfile
-import zlib
-
-import numpy as np
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.aedat import DecodeError, parse_aedat20_cifar10dvs, parse_aedat31  # noqa: E402
+from utils.errors import exit_interrupted, exit_on_interrupt  # noqa: E402  (first: Ctrl-C from here on is one line)
+
+INTERRUPTED = 'interrupted; ROOT/events_np was not written (the same command starts again from scratch)'
+with exit_on_interrupt(INTERRUPTED):
+    import argparse
+    import concurrent.futures as cf
+    import json
+    import math
+    import re
+    import shutil
+    import struct
+    import tarfile
+    import time
+    import zipfile
+    import zlib
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from utils.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31
 
 DATASETS = ('dvs128-gesture', 'cifar10-dvs')
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 GESTURE_CLASSES = 11
 SENSOR = (128, 128)
 META = 'prepare_dvs.json'
+MAX_ERRORS_SHOWN = 10  # recordings named in the final message (each is also printed when it fails)
 
 
 class PrepareError(Exception):
@@ -89,11 +95,16 @@ def _parse_labels_csv(text, name):
 def split_gesture_recording(aedat_bytes, csv_text, stem, out_dir, aedat_name, csv_name):
     """Decode one recording, cut it into labelled samples, save them; returns (samples, events)."""
     ev = parse_aedat31(aedat_bytes, aedat_name, SENSOR)
+    check_events(ev, aedat_name)
     rows = _parse_labels_csv(csv_text, csv_name)
     counter = [0] * GESTURE_CLASSES
     n_events = 0
-    for label, start, end in rows:
+    for row, (label, start, end) in enumerate(rows, start=1):
         mask = (ev['t'] >= start) & (ev['t'] < end)
+        if not mask.any():  # e.g. a recording cut short (at a packet boundary, so it decodes)
+            raise DecodeError(f'{aedat_name}: no events from {start} to {end} us (label row {row} of {csv_name}, class '
+                              f'{label + 1}); its events span {int(ev["t"].min())} to {int(ev["t"].max())} us: the '
+                              f'recording is cut short, or the labels belong to another recording')
         sample = {k: v[mask] for k, v in ev.items()}
         save_sample(os.path.join(out_dir, str(label), f'{stem}_{counter[label]}.npz'), sample)
         counter[label] += 1
@@ -194,6 +205,7 @@ def _gesture_jobs(raw, out):
 
 def convert_cifar10dvs_recording(aedat_bytes, out_path, name):
     ev = parse_aedat20_cifar10dvs(aedat_bytes, name)
+    check_events(ev, name)
     save_sample(out_path, ev)
     return 1, int(ev['t'].size)
 
@@ -317,8 +329,10 @@ def _convert(dataset, raw, partial, final, workers, progress):
     n_events = sum(r[1] for r in results)
     seconds = time.perf_counter() - t0
     if errors:
-        raise PrepareError(f'{len(errors)} of {total} recordings could not be decoded:\n  ' + '\n  '.join(errors) +
-                           f'\n{final} was not written. Replace those files (download or extract them again) '
+        shown = sorted(errors)[:MAX_ERRORS_SHOWN]
+        more = f'\n  ... and {len(errors) - len(shown)} more (listed above)' if len(errors) > len(shown) else ''
+        raise PrepareError(f'{len(errors)} of {total} recordings could not be decoded:\n  ' + '\n  '.join(shown) +
+                           f'{more}\n{final} was not written. Replace those files (download or extract them again) '
                            f'and run again.')
     return total, n_samples, n_events, seconds
 
@@ -529,6 +543,8 @@ def main(argv=None):
     except PrepareError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        exit_interrupted(INTERRUPTED)
     return 0
 
 

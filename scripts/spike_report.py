@@ -14,21 +14,26 @@ alike. Writes into ``--output``:
 * ``firing_maps.png``: for the first ``--samples`` samples, the input and the tokenizer's firing maps per time step;
 * ``attention.png``: per block, ``Q K^T`` per head of the first sample and its Q/K/V firing rates.
 """
-import json
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository root, for `models`, `utils` and `energy`
 
-from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files  # noqa: E402
-from utils.config import Key  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import exit_on_interrupt, run_cli  # noqa: E402  (first: Ctrl-C is one line from here)
+
+INTERRUPTED = 'interrupted; nothing was written'
+with exit_on_interrupt(INTERRUPTED):
+    import json
+    import time
+
+    from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files
+    from utils.config import Bounds, Key
 
 EXTRA_KEYS = {
     **REPORT_KEYS,
-    'samples': Key(2, int, 'how many samples (the first ones) get firing maps in firing_maps.png (1-16)'),
+    'samples': Key(2, int, 'how many samples (the first ones) get firing maps in firing_maps.png',
+                   bounds=Bounds(1, 16)),
 }
 
 
@@ -40,8 +45,6 @@ def main(argv=None) -> dict:
     run = prepare_report(list(sys.argv[1:] if argv is None else argv), EXTRA_KEYS,
                          'whose spikes to record', 'spikes')
     cfg, model = run.cfg, run.model
-    if not 1 <= cfg.samples <= 16:
-        raise UserError(f'--samples must be between 1 and 16 (samples shown in firing_maps.png), got {cfg.samples}.')
     start = time.time()
     report = record_spikes(model, run.batches, samples=cfg.samples, device=run.device,
                            autocast_dtype=run.amp_dtype)
@@ -78,4 +81,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    run_cli(main, interrupted=INTERRUPTED)

@@ -128,8 +128,8 @@ def write_cifar_raw(folder, rng, per_class=10, extra=None):
         d.mkdir(parents=True)
         n = (extra or {}).get(cls, per_class)
         for i in range(n):
-            events = [(rng.randrange(2 ** 32), rng.randrange(128), rng.randrange(128), rng.randrange(2))
-                      for _ in range(rng.randrange(20, 200))]
+            events = sorted((rng.randrange(2 ** 32), rng.randrange(128), rng.randrange(128), rng.randrange(2))
+                            for _ in range(rng.randrange(20, 200)))  # a recording's timestamps increase
             (d / f'cifar10_{cls}_{i}.aedat').write_bytes(aedat20_file(events, header_lines=rng.randrange(1, 40)))
             expected[(cls, f'cifar10_{cls}_{i}')] = cifar_expected(events)
     return expected

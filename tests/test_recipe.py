@@ -129,9 +129,10 @@ def test_imagenet_crop_is_the_centre_square(tmp_path):
     """ratio (1, 1) with scale (1, 1): the random-resized crop always falls back to the centre square of the short
     side (no aspect distortion); timm's default ratio (3/4, 4/3) would squash the whole image instead."""
     for split in ('train', 'val'):
-        (tmp_path / split / 'n01').mkdir(parents=True)
-        Image.new('RGB', (48, 40)).save(tmp_path / split / 'n01' / '0.png')
-    cfg = load_config(['--data-dir', str(tmp_path), '--workers', '0', '--batch-size', '2'],
+        for wnid in ('n01', 'n02'):
+            (tmp_path / split / wnid).mkdir(parents=True)
+            Image.new('RGB', (48, 40)).save(tmp_path / split / wnid / '0.png')
+    cfg = load_config(['--data-dir', str(tmp_path), '--workers', '0', '--batch-size', '2', '--num-classes', '2'],
                       str(REPO / 'imagenet' / 'imagenet.yml'))
     train_loader, _, _ = build_loaders(cfg)
     crop = train_loader.dataset.transform.transforms[0]

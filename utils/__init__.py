@@ -1,6 +1,5 @@
-"""The engine shared by every entry point: config, data, model, training loop, checkpoints, distributed."""
-import warnings
+"""The engine shared by every entry point: config, data, model, training loop, checkpoints, distributed.
 
-# SpikingJelly scripts a few functions with torch.jit at import, which this torch deprecates: one warning per run
-# that the user can do nothing about (pytest.ini filters it the same way).
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+Importing the package itself does nothing (no imports): entry points import ``utils.errors`` first, so that Ctrl-C
+is one line from their first instruction on (the SpikingJelly warning filter lives in ``models/__init__.py``).
+"""

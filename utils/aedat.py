@@ -15,13 +15,19 @@ its per-event Python loop (AEDAT 3.1) and without the NumPy-2-incompatible ``np.
   ``p = a & 1``; stored as ``x' = 127 - y``, ``y' = 127 - x``, ``p' = 1 - p`` (the published convention).
 
 Both return ``{'t': int64, 'x': int16, 'y': int16, 'p': int8}`` arrays. A truncated or corrupt file raises
-``DecodeError`` whose message names the file.
+``DecodeError`` whose message names the file; so does a file without its format's first header line
+(``#!AER-DAT3.x`` / ``#!AER-DAT2.x``; by jAER's convention a file without one is AEDAT 1.0, whose 6-byte events
+these decoders cannot read, or no recording at all).
+
+``check_events`` refuses decoded events that cannot be a recording (none, or timestamps in no order); it is
+``scripts/prepare_dvs.py``'s, not the decoders', so that the decoders stay comparable with SpikingJelly's readers.
 """
 import struct
 
 import numpy as np
 
-__all__ = ['DecodeError', 'read_aedat31', 'read_aedat20_cifar10dvs', 'parse_aedat31', 'parse_aedat20_cifar10dvs']
+__all__ = ['DecodeError', 'check_events', 'read_aedat31', 'read_aedat20_cifar10dvs', 'parse_aedat31',
+           'parse_aedat20_cifar10dvs']
 
 _PACKET_HEADER = struct.Struct('<HHIIIIII')  # type, source, size, ts offset, ts overflow, capacity, number, valid
 POLARITY_EVENT = 1
@@ -104,8 +110,12 @@ def read_aedat31(path, sensor_size=None):
     return parse_aedat31(_read(path), str(path), sensor_size)
 
 
-def _aedat20_header_end(buf):
-    """Header of jAER AEDAT 2.0: consecutive lines starting with ``#`` (as SpikingJelly skips it)."""
+def _aedat20_header_end(buf, name):
+    """Header of jAER AEDAT 2.0: the ``#!AER-DAT2.x`` line, then consecutive lines starting with ``#`` (which
+    SpikingJelly skips without looking at the first)."""
+    if not buf.startswith(b'#!AER-DAT2.'):
+        raise DecodeError(f'{name}: not an AEDAT 2.0 recording: it does not start with the #!AER-DAT2.0 header line '
+                          f'(first bytes {buf[:12]!r})')
     pos = 0
     while pos < len(buf):
         nl = buf.find(b'\n', pos)
@@ -122,7 +132,7 @@ def _aedat20_header_end(buf):
 
 def parse_aedat20_cifar10dvs(buf, name='<bytes>'):
     """Decode CIFAR10-DVS AEDAT 2.0 bytes with the published axis and polarity convention."""
-    pos = _aedat20_header_end(buf)
+    pos = _aedat20_header_end(buf, name)
     body = len(buf) - pos
     if body % 8:
         raise DecodeError(f'{name}: {body} bytes of events after the header, not a multiple of 8 '
@@ -138,3 +148,20 @@ def parse_aedat20_cifar10dvs(buf, name='<bytes>'):
 def read_aedat20_cifar10dvs(path):
     """Decode a CIFAR10-DVS ``.aedat`` (AEDAT 2.0) recording file."""
     return parse_aedat20_cifar10dvs(_read(path), str(path))
+
+
+MAX_BACKWARD_FRACTION = 0.01
+
+
+def check_events(ev, name):
+    """Refuse events that cannot be a recording: none at all, or timestamps that go back in time between more than
+    ``MAX_BACKWARD_FRACTION`` (1 %) of consecutive events (random bytes do so about half the time). Real sensors
+    deliver a few out-of-order events (USB transfers, a 32-bit timestamp wrap), which are kept as SpikingJelly keeps
+    them; so the rule is not "sorted"."""
+    t = ev['t']
+    if t.size == 0:
+        raise DecodeError(f'{name}: no events (an empty or cut recording)')
+    backward = int(np.count_nonzero(np.diff(t) < 0))
+    if backward > MAX_BACKWARD_FRACTION * (t.size - 1):
+        raise DecodeError(f'{name}: timestamps go back in time between {backward} of {t.size - 1} consecutive events '
+                          f'(more than {MAX_BACKWARD_FRACTION:.0%}): not a recording of this format, or corrupt')

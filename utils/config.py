@@ -11,6 +11,7 @@ lists take several values (``--mean 0.5 0.5 0.5``); ``null`` sets a nullable key
 """
 import dataclasses
 import difflib
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -28,8 +29,40 @@ class ConfigError(UserError):
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a number: ``lo`` <= value <= ``hi`` (None = no bound; ``lo_open``/``hi_open`` exclude
+    the bound itself). ``str()`` is the range as the error messages show it, e.g. ``in [0, 1)`` or ``> 0``."""
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        lo, hi = (x if x is None or x != int(x) else int(x) for x in (self.lo, self.hi))  # 1, not 1.0
+        if lo is not None and hi is not None:
+            return f'in {"(" if self.lo_open else "["}{lo}, {hi}{")" if self.hi_open else "]"}'
+        if lo is not None:
+            return f'{">" if self.lo_open else ">="} {lo}'
+        return f'{"<" if self.hi_open else "<="} {hi}' if hi is not None else 'any number'
+
+
+POSITIVE = Bounds(0, lo_open=True)  # > 0 (a float)
+ONE_OR_MORE = Bounds(1)             # >= 1 (a count)
+NON_NEGATIVE = Bounds(0)            # >= 0
+PROBABILITY = Bounds(0, 1)          # in [0, 1]
+
+
+@dataclass(frozen=True)
 class Key:
     """One config key: default, type (bool, int, float, str or 'floats' for a list of numbers), help.
+
+    ``bounds`` limits a number (each number of a 'floats' key); ``finite`` (the default) refuses NaN and infinity
+    in float keys. Both are checked by :func:`load_config` on the resolved values, whatever their origin.
 
     ``may_change_on_resume``: whether ``--resume`` accepts a value other than the run's. False by default, so every
     key of the architecture or the recipe, including keys added later, is protected: a resumed run refuses to
@@ -41,6 +74,8 @@ class Key:
     nullable: bool = False
     choices: tuple = ()
     length: Optional[int] = None  # for 'floats'
+    bounds: Optional[Bounds] = None
+    finite: bool = True
     may_change_on_resume: bool = False
 
 
@@ -54,68 +89,73 @@ DATASET_NAMES = ('cifar10', 'cifar100', 'imagenet', 'digits', 'dvs128-gesture', 
 SCHEMA = {
     # model
     'model': _k('spikingformer_cifar_4_384', str, 'registered timm model name'),
-    'num_classes': _k(None, int, 'null = the dataset\'s number of classes', nullable=True),
-    'time_steps': _k(4, int, 'simulation time steps T (alias -T)'),
-    'num_heads': _k(None, int, 'null = the variant\'s default', nullable=True),
-    'embed_dims': _k(None, int, 'null = the variant\'s default', nullable=True),
-    'depths': _k(None, int, 'number of encoder blocks; null = the variant\'s default', nullable=True),
+    'num_classes': _k(None, int, 'null = the dataset\'s number of classes', nullable=True, bounds=Bounds(2)),
+    'time_steps': _k(4, int, 'simulation time steps T (alias -T)', bounds=ONE_OR_MORE),
+    'num_heads': _k(None, int, 'null = the variant\'s default', nullable=True, bounds=ONE_OR_MORE),
+    'embed_dims': _k(None, int, 'null = the variant\'s default', nullable=True, bounds=ONE_OR_MORE),
+    'depths': _k(None, int, 'number of encoder blocks; null = the variant\'s default', nullable=True,
+                 bounds=ONE_OR_MORE),
     'neuron_backend': _k('auto', str, 'LIF backend (see models.neuron)', choices=NEURON_BACKENDS),
     # data
     'dataset': _k('cifar10', str, 'data set', choices=DATASET_NAMES),
     'data_dir': _k(None, str, 'data folder; null = data/<dataset>', nullable=True),
     'dataset_download': _k(False, bool, 'download the data set into data_dir if missing (CIFAR)'),
-    'img_size': _k(None, int, 'input size; null = the dataset\'s', nullable=True),
-    'batch_size': _k(64, int, 'training batch size per process'),
-    'val_batch_size': _k(None, int, 'evaluation batch size; null = batch_size', nullable=True),
-    'workers': _k(4, int, 'data loading worker processes per process (0 = in the main process)'),
+    'img_size': _k(None, int, 'input size; null = the dataset\'s', nullable=True, bounds=ONE_OR_MORE),
+    'batch_size': _k(64, int, 'training batch size per process', bounds=ONE_OR_MORE),
+    'val_batch_size': _k(None, int, 'evaluation batch size; null = batch_size', nullable=True, bounds=ONE_OR_MORE),
+    'workers': _k(4, int, 'data loading worker processes per process (0 = in the main process)',
+                  bounds=NON_NEGATIVE),
     'mean': _k(None, FLOATS, 'normalisation mean; null = the dataset\'s', nullable=True, length=3),
-    'std': _k(None, FLOATS, 'normalisation std; null = the dataset\'s', nullable=True, length=3),
+    'std': _k(None, FLOATS, 'normalisation std; null = the dataset\'s', nullable=True, length=3, bounds=POSITIVE),
     'interpolation': _k('bicubic', str, 'resize interpolation', choices=('bicubic', 'bilinear', 'nearest')),
-    'crop_pct': _k(1.0, float, 'evaluation centre-crop fraction'),
-    'scale': _k((1.0, 1.0), FLOATS, 'random-resized-crop area range', length=2),
+    'crop_pct': _k(1.0, float, 'evaluation centre-crop fraction', bounds=Bounds(0, 1, lo_open=True)),
+    'scale': _k((1.0, 1.0), FLOATS, 'random-resized-crop area range', length=2, bounds=Bounds(0, 1, lo_open=True)),
     'ratio': _k((1.0, 1.0), FLOATS, 'random-resized-crop aspect range (the published argparse default (1, 1): with '
-                'scale (1, 1), the centre square of the short side)', length=2),
-    'hflip': _k(0.5, float, 'horizontal flip probability'),
-    'color_jitter': _k(0.0, float, 'colour jitter strength (timm ignores it when aa is set)'),
+                'scale (1, 1), the centre square of the short side)', length=2, bounds=POSITIVE),
+    'hflip': _k(0.5, float, 'horizontal flip probability', bounds=PROBABILITY),
+    'color_jitter': _k(0.0, float, 'colour jitter strength (timm ignores it when aa is set)', bounds=NON_NEGATIVE),
     'aa': _k(None, str, 'RandAugment/AutoAugment policy, e.g. rand-m9-n1-mstd0.4-inc1; null = off', nullable=True),
-    'reprob': _k(0.25, float, 'random erasing probability'),
+    'reprob': _k(0.25, float, 'random erasing probability', bounds=PROBABILITY),
     'remode': _k('const', str, 'random erasing fill', choices=('const', 'rand', 'pixel')),
-    'recount': _k(1, int, 'random erasing count'),
+    'recount': _k(1, int, 'random erasing count', bounds=ONE_OR_MORE),
     'dvs_augment': _k(True, bool, 'per-sample event-frame augmentation (DVS data sets)'),
     # mixup and loss
-    'mixup': _k(0.0, float, 'mixup alpha (0 = off)'),
-    'cutmix': _k(0.0, float, 'cutmix alpha (0 = off)'),
-    'cutmix_minmax': _k(None, FLOATS, 'cutmix box ratio range; null = from alpha', nullable=True, length=2),
-    'mixup_prob': _k(1.0, float, 'probability of mixing a batch'),
-    'mixup_switch_prob': _k(0.5, float, 'probability of cutmix instead of mixup when both are on'),
+    'mixup': _k(0.0, float, 'mixup alpha (0 = off)', bounds=NON_NEGATIVE),
+    'cutmix': _k(0.0, float, 'cutmix alpha (0 = off)', bounds=NON_NEGATIVE),
+    'cutmix_minmax': _k(None, FLOATS, 'cutmix box ratio range; null = from alpha', nullable=True, length=2,
+                        bounds=Bounds(0, 1, lo_open=True)),
+    'mixup_prob': _k(1.0, float, 'probability of mixing a batch', bounds=PROBABILITY),
+    'mixup_switch_prob': _k(0.5, float, 'probability of cutmix instead of mixup when both are on',
+                            bounds=PROBABILITY),
     'mixup_mode': _k('batch', str, 'mixup granularity', choices=('batch', 'pair', 'elem')),
-    'mixup_off_epoch': _k(None, int, 'turn mixup/cutmix off from this epoch on; null = never', nullable=True),
-    'smoothing': _k(0.1, float, 'label smoothing'),
+    'mixup_off_epoch': _k(None, int, 'turn mixup/cutmix off from this epoch on; null = never', nullable=True,
+                          bounds=NON_NEGATIVE),
+    'smoothing': _k(0.1, float, 'label smoothing', bounds=Bounds(0, 1, hi_open=True)),
     # optimisation
     'opt': _k('adamw', str, 'timm optimizer name'),
-    'opt_eps': _k(1e-8, float, 'optimizer epsilon'),
-    'weight_decay': _k(0.06, float, 'weight decay (not applied to biases and normalisation)'),
-    'lr': _k(5e-4, float, 'peak learning rate (not scaled with the batch size)'),
+    'opt_eps': _k(1e-8, float, 'optimizer epsilon', bounds=POSITIVE),
+    'weight_decay': _k(0.06, float, 'weight decay (not applied to biases and normalisation)', bounds=NON_NEGATIVE),
+    'lr': _k(5e-4, float, 'peak learning rate (not scaled with the batch size)', bounds=POSITIVE),
     'sched': _k('cosine', str, 'timm scheduler name, stepped once per epoch'),
-    'epochs': _k(300, int, 'epochs of the schedule (cooldown_epochs follow)'),
-    'cooldown_epochs': _k(10, int, 'epochs at min_lr after the schedule'),
-    'warmup_epochs': _k(20, int, 'linear warmup epochs inside the schedule'),
-    'warmup_lr': _k(1e-5, float, 'learning rate at the start of the warmup'),
-    'min_lr': _k(1e-5, float, 'learning rate at the end of the schedule'),
+    'epochs': _k(300, int, 'epochs of the schedule (cooldown_epochs follow)', bounds=ONE_OR_MORE),
+    'cooldown_epochs': _k(10, int, 'epochs at min_lr after the schedule', bounds=NON_NEGATIVE),
+    'warmup_epochs': _k(20, int, 'linear warmup epochs inside the schedule', bounds=NON_NEGATIVE),
+    'warmup_lr': _k(1e-5, float, 'learning rate at the start of the warmup', bounds=NON_NEGATIVE),
+    'min_lr': _k(1e-5, float, 'learning rate at the end of the schedule', bounds=NON_NEGATIVE),
     'grad_accum_steps': _k(1, int, 'batches per optimizer step (gradient accumulation); global batch = batch_size x '
-                           'processes x grad_accum_steps'),
+                           'processes x grad_accum_steps', bounds=ONE_OR_MORE),
     'amp': _k(True, bool, 'automatic mixed precision'),
     'amp_dtype': _k('auto', str, 'auto = float16 (with a gradient scaler) on CUDA, bfloat16 on CPU',
                     choices=('auto', 'float16', 'bfloat16')),
     'eval_amp': _k(None, bool, 'evaluate under the AMP autocast (when amp is on); null = as published for the data '
                    'set: yes for images, no (float32) for event data', nullable=True),
     'model_ema': _k(False, bool, 'keep an exponential moving average of the weights'),
-    'model_ema_decay': _k(0.9998, float, 'EMA decay per step'),
+    'model_ema_decay': _k(0.9998, float, 'EMA decay per step', bounds=PROBABILITY),
     # run
-    'seed': _k(42, int, 'random seed (each process and epoch derives its own)'),
+    'seed': _k(42, int, 'random seed (each process and epoch derives its own)', bounds=Bounds(0, 2 ** 31 - 1)),
     'device': _k('auto', str, 'auto = CUDA when available', choices=('auto', 'cpu', 'cuda')),
     'threads': _k(None, int, 'CPU threads per process (torch.set_num_threads); null = PyTorch\'s default',
-                  nullable=True),
+                  nullable=True, bounds=ONE_OR_MORE),
     'output': _k(None, str, 'run folder; null = output/<train|test>/<time>-<dataset>-<model>', nullable=True),
     'resume': _k(None, str, 'continue training from this checkpoint (last.pth.tar of a run)', nullable=True),
     'initial_checkpoint': _k(None, str, 'start a new run from this checkpoint\'s weights (fine-tuning; the head is '
@@ -123,15 +163,18 @@ SCHEMA = {
     'checkpoint': _k(None, str, 'checkpoint to evaluate (test.py)', nullable=True),
     'use_ema': _k(False, bool, 'take the EMA weights of the checkpoint (test.py --checkpoint, --initial-checkpoint)'),
     'log_interval': _k(50, int, 'batches between progress lines when the output is not a terminal (and at least one '
-                       'line a minute)'),
-    'limit_train_batches': _k(None, int, 'train on at most this many batches per epoch; null = all', nullable=True),
-    'limit_eval_batches': _k(None, int, 'evaluate at most this many batches; null = all', nullable=True),
+                       'line a minute)', bounds=ONE_OR_MORE),
+    'limit_train_batches': _k(None, int, 'train on at most this many batches per epoch; null = all', nullable=True,
+                              bounds=ONE_OR_MORE),
+    'limit_eval_batches': _k(None, int, 'evaluate at most this many batches; null = all', nullable=True,
+                             bounds=ONE_OR_MORE),
     'dist_bn': _k('broadcast', str, 'BatchNorm statistics every rank evaluates with (several processes): broadcast '
                   '= rank 0\'s, as the published runs (DDP broadcasts them); reduce = their average over ranks',
                   choices=('broadcast', 'reduce')),
     'trust_checkpoint': _k(False, bool, 'load a checkpoint that holds pickled Python objects beyond weights and plain '
                            'values (unpickling them can run code: only for files you trust)'),
-    'local_rank': _k(0, int, 'set by torch.distributed.launch (--local-rank); the LOCAL_RANK variable wins'),
+    'local_rank': _k(0, int, 'set by torch.distributed.launch (--local-rank); the LOCAL_RANK variable wins',
+                     bounds=NON_NEGATIVE),
 }
 # The keys a resumed run may change: where the data lie and how they are loaded, the device and threads, logging,
 # limits, the invocation's own keys, and `epochs` (to extend a run). Everything else defines the architecture or the
@@ -303,8 +346,10 @@ def read_yaml(path: str, schema: Mapping[str, Key]) -> dict:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ConfigError(f'config file {path} is not valid YAML:\n{e}') from None
-    if data is None:
-        return {}
+    if not data and isinstance(data, (dict, type(None))):
+        raise ConfigError(f'config file {path} holds no keys (it is empty, or only comments): it would silently '
+                          f'mean the schema defaults (a 300-epoch recipe, see --help).\nWrite the keys to set into '
+                          f'it, or pass one of the published configs (e.g. cifar10/cifar10.yml) with --config.')
     if not isinstance(data, dict):
         raise ConfigError(f'config file {path} must hold a mapping of keys to values, got {type(data).__name__}')
     return validate(data, schema, f'config file {path}')
@@ -343,13 +388,81 @@ def load_config(argv: Optional[Sequence[str]] = None, default_config: Optional[s
     schema = _extra_schema(extra_keys)
     overrides, config_path = parse_cli(sys.argv[1:] if argv is None else argv, schema)
     values = {name: key.default for name, key in schema.items()}
+    origins = dict.fromkeys(schema, 'the default')
     source = config_path or (None if base is not None else default_config)
     if source:
-        values.update(read_yaml(source, schema))
+        layer, origin = read_yaml(source, schema), f'config file {source}'
     elif base is not None:
-        values.update(validate({k: v for k, v in base.items() if k in schema}, schema, 'the checkpoint\'s config'))
-    values.update(overrides)
+        layer = validate({k: v for k, v in base.items() if k in schema}, schema, 'the checkpoint\'s config')
+        origin = 'the checkpoint\'s config'
+    else:
+        layer, origin = {}, ''
+    for updates, where in ((layer, origin), (overrides, 'the command line')):
+        values.update(updates)
+        origins.update(dict.fromkeys(updates, where))
+    check_values(values, schema, origins)
     return Config(values, source, command_line=overrides)
+
+
+def _fix_hint(name: str, origin: str, rule: str) -> str:
+    flag = '--' + name.replace('_', '-')
+    if origin.startswith('config file '):
+        return f'set {name} in {origin[len("config file "):]} to {rule} (or override it with {flag})'
+    return f'set {flag} to {rule}'
+
+
+def check_values(values: Mapping[str, Any], schema: Mapping[str, Key], origins: Mapping[str, str]) -> None:
+    """Every number within its key's ``bounds`` and finite (unless the key says otherwise), or :class:`ConfigError`
+    naming the key, the value and where it came from, the allowed range and the fix."""
+    for name, value in values.items():
+        key = schema[name]
+        if value is None or key.kind not in (int, float, FLOATS) or isinstance(value, bool):
+            continue
+        numbers = value if key.kind == FLOATS else (value,)
+        finite = not key.finite or key.kind is int or all(math.isfinite(x) for x in numbers)
+        if finite and (key.bounds is None or all(x in key.bounds for x in numbers)):
+            continue
+        kind = {int: 'an integer', float: 'a finite number', FLOATS: 'finite numbers'}[key.kind]
+        if not key.finite:
+            kind = {float: 'a number', FLOATS: 'numbers'}.get(key.kind, kind)
+        rule = f'{kind}{f" {key.bounds}" if key.bounds is not None else ""}'
+        if key.kind == FLOATS:
+            rule = f'{key.length} {rule}' if key.length else f'a list of {rule}'
+        origin = origins.get(name, 'the default')
+        raise ConfigError(f'config key {name!r} is {list(value) if key.kind == FLOATS else value!r} (from {origin}); '
+                          f'it must be {rule}.\nFix: {_fix_hint(name, origin, rule)}.')
+
+
+def check_cross_keys(cfg: Config) -> None:
+    """The rules between keys of a training run, or :class:`ConfigError` (called by ``train_main``; evaluation does
+    not need them, so a checkpoint's training config never blocks ``test.py``).
+
+    - Warmup and cooldown: timm's schedulers overlay the linear warmup on the first ``warmup_epochs`` of the
+      schedule, whose ``epochs`` are then followed by ``cooldown_epochs`` at ``min_lr``. A warmup longer than the
+      schedule would continue into the cooldown (the lr would rise where it should stay at ``min_lr``), so with a
+      cooldown ``warmup_epochs`` <= ``epochs``. Without a cooldown a run may end inside its warmup (short trials).
+    - Ranges are ordered: ``scale``, ``ratio`` and ``cutmix_minmax`` are (min, max).
+    - Batch mixup/cutmix pairs each sample with another of the batch (timm asserts an even batch): with mixup or
+      cutmix on, ``batch_size`` is even.
+    """
+    if cfg.cooldown_epochs > 0 and cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f'warmup_epochs is {cfg.warmup_epochs} but epochs is {cfg.epochs}: the warmup is part of '
+                          f'the schedule\'s epochs, so it would continue into the {cfg.cooldown_epochs} cooldown '
+                          f'epochs and the lr would rise there instead of staying at min_lr ({cfg.min_lr:g}).\n'
+                          f'Fix: --warmup-epochs {cfg.epochs} or less, or --cooldown-epochs 0 for a run that ends '
+                          f'inside its warmup (rule: warmup_epochs <= epochs when cooldown_epochs > 0).')
+    for name in ('scale', 'ratio', 'cutmix_minmax'):
+        pair = getattr(cfg, name)
+        if pair is not None and pair[0] > pair[1]:
+            raise ConfigError(f'config key {name!r} is {list(pair)}: it is a (min, max) range, min first.\n'
+                              f'Fix: --{name.replace("_", "-")} {pair[1]:g} {pair[0]:g}')
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
+    if mixing and cfg.batch_size % 2:
+        raise ConfigError(f'batch_size is {cfg.batch_size}, but mixup/cutmix (mixup {cfg.mixup:g}, cutmix '
+                          f'{cfg.cutmix:g}) mixes each sample with another of its batch and needs an even batch '
+                          f'size.\nFix: --batch-size {cfg.batch_size + 1}'
+                          f'{f" (or {cfg.batch_size - 1})" if cfg.batch_size > 1 else ""}, or turn mixing off with '
+                          f'--mixup 0 --cutmix 0.')
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -26,6 +26,7 @@ from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import Config, ConfigError
+from .data_checks import check_batches, check_datasets
 from .errors import DataError
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -160,15 +161,17 @@ def build_datasets(cfg: Config, train: bool = True, evaluation: bool = True):
     resolve_data_config(cfg)
     if cfg.dataset in DVS_DATASETS:
         from .dvs_data import build_dvs_datasets  # lazy: the event-data code is only needed for those data sets
-        train_ds, eval_ds = build_dvs_datasets(cfg)
-        return (train_ds if train else None), (eval_ds if evaluation else None)
-    if cfg.dataset == 'digits':
+        both = build_dvs_datasets(cfg)  # the two splits come from one frame cache
+        make = lambda is_train: both[0 if is_train else 1]  # noqa: E731
+    elif cfg.dataset == 'digits':
         make = lambda is_train: digits(is_train, cfg.img_size or 32)  # noqa: E731
     elif cfg.dataset == 'imagenet':
         make = lambda is_train: image_folder(cfg.data_dir, 'train' if is_train else 'val')  # noqa: E731
     else:
         make = lambda is_train: cifar(cfg.dataset, cfg.data_dir, is_train, cfg.dataset_download)  # noqa: E731
-    return (make(True) if train else None), (make(False) if evaluation else None)
+    train_ds, eval_ds = (make(True) if train else None), (make(False) if evaluation else None)
+    check_datasets(cfg, train_ds, eval_ds)
+    return train_ds, eval_ds
 
 
 class Shard(Dataset):
@@ -266,6 +269,7 @@ def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: 
     """
     resolve_data_config(cfg)
     train_ds, eval_ds = build_datasets(cfg)
+    check_batches(cfg, train_ds, world)
     device = _device(device)
     if output is not None and rank == 0:
         write_sample_files(output, train_ds, eval_ds)

@@ -6,8 +6,10 @@
 SpikingJelly's own classes, ``DVS128Gesture(root, train=..., data_type='frame', frames_number=T,
 split_by='number')`` and ``CIFAR10DVS(root, data_type='frame', frames_number=T, split_by='number')``: the events
 of a sample are split by count into T slices and integrated into polarity count frames, cached once in
-``root/frames_number_<T>_split_by_number`` (the cache is checked against ``events_np`` and rebuilt when
-incomplete; building it is serialised between processes by a lock file so distributed ranks do not race).
+``root/frames_number_<T>_split_by_number`` (the cache is checked against ``events_np`` and rebuilt when a file is
+missing or truncated; building it is serialised between processes by a lock file so distributed ranks do not race;
+Ctrl-C cancels the samples not started). A truncated ``events_np`` file is named with the ``prepare_dvs.py ...
+--force`` command; a cache file that fails to load names the cache to delete.
 
 Labels: DVS128 Gesture labels are the label folder names (``class - 1`` of the label CSVs, 0..10).
 SpikingJelly's ``DatasetFolder`` numbers the folders in string order ('0', '1', '10', '2', ...), which permutes
@@ -29,9 +31,14 @@ in ``utils/aedat.py`` and ``scripts/prepare_dvs.py`` and SpikingJelly is only ev
 """
 import contextlib
 import io
+import json
 import math
 import os
+import pickle
 import shutil
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torchvision.transforms import InterpolationMode
@@ -165,7 +172,14 @@ class DVSFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         path = self.base.samples[self.indices[i]][0]
-        x = torch.from_numpy(self.base.loader(path))  # float32 [T, 2, H, W] event counts
+        try:
+            x = torch.from_numpy(self.base.loader(path))  # float32 [T, 2, H, W] event counts
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError) as e:
+            frames = os.path.dirname(os.path.dirname(path))
+            if os.path.basename(frames) in ('train', 'test'):  # DVS128 Gesture: <cache>/<split>/<label>/
+                frames = os.path.dirname(frames)
+            raise DataError(f'cannot read the cached frames {path} ({type(e).__name__}: {e}).\nFix: delete '
+                            f'{frames} (it is rebuilt from events_np at the next start).') from None
         if self.transform is not None:
             x = self.transform(x)
         return x, self.targets[i]
@@ -187,6 +201,52 @@ def split_cifar10dvs(files, labels, train_ratio=0.9):
 
 def _prepare_command(dataset, root):
     return f'python scripts/prepare_dvs.py {dataset} --raw RAW --root {root}'
+
+
+def _force_command(dataset, root):
+    """The command that prepares ``root`` again, with the raw data recorded in ``prepare_dvs.json`` when known."""
+    raw = 'RAW'
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        with open(os.path.join(root, 'prepare_dvs.json')) as f:
+            raw = json.load(f).get('raw') or raw
+    return f'python scripts/prepare_dvs.py {dataset} --raw {raw} --root {root} --force'
+
+
+def _files_listed(folder, names, limit=5):
+    names = sorted(names)
+    more = f'\n  ... and {len(names) - limit} more' if len(names) > limit else ''
+    return ''.join(f'\n  {os.path.join(folder, n)}' for n in names[:limit]) + more
+
+
+def _truncated_npz(folder, names):
+    """The ``.npz`` files among ``names`` (relative to ``folder``) that are not complete zip archives: a
+    truncated file lacks the archive's directory, which is written last (a cheap check: no decompression)."""
+    return [n for n in names if not zipfile.is_zipfile(os.path.join(folder, n))]
+
+
+class _CancellingExecutor(ThreadPoolExecutor):
+    """SpikingJelly's frame-building thread pool, except that an interrupted ``with`` block (Ctrl-C) cancels the
+    samples not started yet. The standard pool runs every queued sample before the process can exit (minutes on
+    the real data sets); SpikingJelly offers no option, so ``_spikingjelly_frames`` swaps this class in."""
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.shutdown(wait=True, cancel_futures=exc_type is not None)
+        except BaseException:  # interrupted while waiting for the queued samples
+            self.shutdown(wait=False, cancel_futures=True)
+            raise
+        return False
+
+
+@contextlib.contextmanager
+def _cancellable_frame_building():
+    import spikingjelly.datasets as sj_datasets
+    original = sj_datasets.ThreadPoolExecutor
+    sj_datasets.ThreadPoolExecutor = _CancellingExecutor
+    try:
+        yield
+    finally:
+        sj_datasets.ThreadPoolExecutor = original
 
 
 def _check_prepared(dataset, root):
@@ -253,20 +313,29 @@ def _spikingjelly_frames(dataset, root, T):
     with _cache_lock(root):
         expected = _npz_set(events)
         if not expected:
-            raise DataError(f'{events} holds no samples; run {_prepare_command(dataset, root)} --force')
+            raise DataError(f'{events} holds no samples.\nFix: {_force_command(dataset, root)}')
         build = True
         if os.path.isdir(frames):
-            if _npz_set(frames) == expected:
+            cached = _npz_set(frames)
+            truncated = _truncated_npz(frames, cached) if cached == expected else []
+            if cached == expected and not truncated:
                 build = False
             else:
-                print(f'{frames} does not match {events} (interrupted or stale); rebuilding it')
+                why = f'{len(truncated)} truncated file(s), e.g. {truncated[0]}' if truncated else \
+                    'it does not match events_np'
+                print(f'{frames}: {why} (an interrupted build, or stale); rebuilding it')
                 shutil.rmtree(frames)
         if build:
+            truncated = _truncated_npz(events, expected)
+            if truncated:
+                raise DataError(f'{len(truncated)} sample file(s) under {events} are truncated or not .npz archives:'
+                                f'{_files_listed(events, truncated)}\nFix: prepare the data again:\n  '
+                                f'{_force_command(dataset, root)}')
             print(f'integrating {len(expected)} samples into {T} frames each (once; cached in {frames}) ...',
                   flush=True)
         quiet = io.StringIO()  # SpikingJelly prints a line per file
         try:
-            with contextlib.redirect_stdout(quiet):
+            with contextlib.redirect_stdout(quiet), _cancellable_frame_building():
                 bases = make()
         except PermissionError as e:
             raise DataError(f'cannot write the frame cache under {root} ({e}); make the data root writable '
@@ -275,9 +344,9 @@ def _spikingjelly_frames(dataset, root, T):
             missing = expected - _npz_set(frames)
             if missing:  # SpikingJelly's thread pool swallows the exceptions of failed samples
                 shutil.rmtree(frames)
-                raise RuntimeError(f'SpikingJelly could not integrate {len(missing)} samples into frames, e.g. '
-                                   f'{os.path.join(events, sorted(missing)[0])}; check that file (or prepare '
-                                   f'again with --force)')
+                raise DataError(f'SpikingJelly could not integrate {len(missing)} sample file(s) into frames (damaged '
+                                f'inside):{_files_listed(events, missing)}\nFix: prepare the data again:\n  '
+                                f'{_force_command(dataset, root)}')
     return bases, frames
 
 
@@ -296,7 +365,8 @@ def build_dvs_datasets(cfg):
         raise UserError(f'time_steps must be positive, not {T}')
     num_classes = _get(cfg, 'num_classes')
     if num_classes is not None and int(num_classes) != DVS_DATASETS[dataset]:
-        raise UserError(f'{dataset} has {DVS_DATASETS[dataset]} classes; num_classes is {num_classes}')
+        raise UserError(f'num_classes is {num_classes}, but {dataset} has {DVS_DATASETS[dataset]} classes: the model '
+                        f'needs one output per class.\nFix: --num-classes {DVS_DATASETS[dataset]}.')
     _check_prepared(dataset, root)
     bases, frames = _spikingjelly_frames(dataset, root, T)
     augment = DVSAugment() if _get(cfg, 'dvs_augment', False) else None

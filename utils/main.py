@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import INVOCATION_KEYS, Config, load_config
+from .config import INVOCATION_KEYS, Config, ConfigError, check_cross_keys, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device, sync_bn_stats
@@ -63,6 +63,28 @@ def amp_setup(cfg: Config, device: torch.device):
 
 def _dtype_name(dtype: Optional[torch.dtype], none: str = 'off') -> str:
     return str(dtype).replace('torch.', '') if dtype else none
+
+
+def check_optimizer_and_schedule(cfg: Config) -> None:
+    """``opt`` and ``sched`` name a timm optimizer and an epoch-stepped timm schedule: both are built and stepped
+    once on a dummy parameter (timm decides what exists), so that a typo stops the run before any data is read."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = create_optimizer_v2([param], opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        eps=cfg.opt_eps)
+    except (ValueError, AssertionError, KeyError) as e:
+        raise ConfigError(f"config key 'opt' is {cfg.opt!r}: timm cannot build it ({str(e).rstrip('.')}).\n"
+                          f"Fix: --opt with a timm optimizer name, e.g. adamw, sgd, lamb "
+                          f"(timm.optim.list_optimizers()).") from None
+    try:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                           cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
+                                           warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+        scheduler.step(1)  # stepped once per epoch, without a metric
+    except (ValueError, AssertionError, TypeError, AttributeError) as e:
+        raise ConfigError(f"config key 'sched' is {cfg.sched!r}: not a timm schedule this engine can step once per "
+                          f"epoch ({str(e).rstrip('.')}).\nFix: --sched cosine (the published one), or step, "
+                          f"multistep, tanh, poly.") from None
 
 
 def default_output(cfg: Config, kind: str) -> str:
@@ -141,6 +163,7 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     resume = None
     if cfg.resume:
         cfg, resume = open_resume(cfg, argv, _argv_has_config(argv))
+    check_cross_keys(cfg)
     info = init_distributed(cfg)
     try:
         return _train(cfg, info, resume)
@@ -152,8 +175,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     device = info.device
     resolve_data_config(cfg)
     amp_dtype, scaler = amp_setup(cfg, device)
-    if cfg.grad_accum_steps < 1:
-        raise UserError(f'--grad-accum-steps must be 1 or more, got {cfg.grad_accum_steps}.')
+    check_optimizer_and_schedule(cfg)
     if resume is not None:
         check_same_recipe(resume.recorded, cfg)  # also: the same initial_checkpoint, which the resume supersedes
         initial_checkpoint = None
