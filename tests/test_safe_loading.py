@@ -159,3 +159,37 @@ def test_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys):
         code, err = run(evaluate_main, ['--checkpoint', str(path)], capsys)
         assert code == EXIT_BAD_INPUT and 'Traceback' not in err, err
         assert str(path) in err and 'corrupt' in err and '--trust-checkpoint' not in err
+
+
+# ------------------------------------------------------------------ data files run no code either
+def test_a_cifar_batch_with_a_payload_is_refused(tmp_path, capsys):
+    """CIFAR batches are pickles: only NumPy's array reconstruction is unpickled from them, so a payload in a
+    (downloaded, shared) data file is an unreadable file, not code that runs."""
+    import pickle
+    data = write_cifar10(tmp_path / 'cifar')
+    batch = data / 'cifar-10-batches-py' / 'data_batch_1'
+    with open(batch, 'rb') as f:
+        entry = pickle.load(f)
+    marker = tmp_path / 'pwned'
+    with open(batch, 'wb') as f:
+        pickle.dump({**entry, 'data': np.asarray(entry['data'], dtype=np.uint8), 'x': Payload(marker)}, f)
+    code, err = run(train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(tmp_path / 'run')]
+                    + TINY + SCHEDULE + ['--epochs', '1'], capsys)
+    assert code == EXIT_BAD_INPUT and not marker.exists(), err
+    assert 'data_batch_1' in err and 'refused' in err and 'Traceback' not in err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_frame_cache_file_with_a_payload_is_refused(tmp_path):
+    """SpikingJelly loads cached frames with allow_pickle=True; this project's loader does not."""
+    from utils.dvs_data import load_frames
+    from utils.errors import DataError  # noqa: F401  (what DVSFrames turns the ValueError into)
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'frames.npz'
+    np.savez(path, frames=np.array([Payload(marker)], dtype=object))
+    with pytest.raises(ValueError, match='allow_pickle'):
+        load_frames(path)
+    assert not marker.exists()
+    np.savez_compressed(tmp_path / 'good.npz', frames=np.ones((2, 2, 4, 4), dtype=np.float64))
+    frames = load_frames(tmp_path / 'good.npz')
+    assert frames.dtype == np.float32 and frames.shape == (2, 2, 4, 4)

@@ -100,6 +100,22 @@ class ArrayImages(Dataset):
         return image, self.targets[index]
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR python batches without running code from them.
+
+    A CIFAR batch is a dict of bytes, lists, strings and a NumPy uint8 array; plain ``pickle.load`` (what torchvision
+    does) would also call any function a crafted file names. Only NumPy's array reconstruction is allowed here; any
+    other global is refused with ``pickle.UnpicklingError`` (reported as an unreadable file)."""
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy', 'ndarray'), ('numpy', 'dtype')}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f'it holds a pickled {module}.{name}, which a CIFAR batch never does (refused: '
+                                     f'unpickling it could run code)')
+
+
 def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
     """CIFAR-10/100 from the python pickles under ``root``.
 
@@ -121,7 +137,7 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
     for path in paths:
         try:
             with open(path, 'rb') as f:
-                entry = pickle.load(f, encoding='latin1')
+                entry = _CifarUnpickler(f, encoding='latin1').load()
             images.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
             targets.extend(entry[label_key])
         except Exception as e:  # truncated or foreign file

@@ -40,6 +40,7 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -152,6 +153,16 @@ class DVSAugment:
 
 # ----------------------------------------------------------------------------------------------- datasets
 
+def load_frames(path):
+    """The ``frames`` array of a cached frame file, as float32, read without unpickling.
+
+    SpikingJelly's own loader (``load_npz_frames``, the base dataset's ``loader``) passes ``allow_pickle=True``, so a
+    crafted ``.npz`` in the cache could run code when read; the frames are plain numbers, so nothing is lost by
+    refusing object arrays (a ``ValueError``, reported like any unreadable cache file)."""
+    with np.load(path, allow_pickle=False) as npz:
+        return npz['frames'].astype(np.float32)
+
+
 class DVSFrames(torch.utils.data.Dataset):
     """Samples of a SpikingJelly frame dataset (``base``), selected by ``indices``, with explicit labels.
 
@@ -173,7 +184,7 @@ class DVSFrames(torch.utils.data.Dataset):
     def __getitem__(self, i):
         path = self.base.samples[self.indices[i]][0]
         try:
-            x = torch.from_numpy(self.base.loader(path))  # float32 [T, 2, H, W] event counts
+            x = torch.from_numpy(load_frames(path))  # float32 [T, 2, H, W] event counts
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError) as e:
             frames = os.path.dirname(os.path.dirname(path))
             if os.path.basename(frames) in ('train', 'test'):  # DVS128 Gesture: <cache>/<split>/<label>/
