@@ -34,7 +34,28 @@ def layout_reference(request):
     return load_reference(request.param)
 
 
+def reference_model(record: dict, backend: str = 'auto') -> torch.nn.Module:
+    """The record's published model, built here and loaded through the checkpoint filter, in eval mode."""
+    import timm
+
+    import models
+    model = timm.create_model('Spikingformer', **record['kwargs'], backend=backend)
+    model.load_state_dict(models.checkpoint_filter_fn(record['state_dict'], model), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _one_thread():
+    """The tests run tiny models: a second intra-op thread only adds synchronisation (tens of times slower on a busy
+    machine, e.g. at batch 1), and no result depends on the thread count. One thread also keeps fork() safe for the
+    tests that fork (no intra-op thread pool in the parent)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seeded():
     torch.manual_seed(0)
     yield

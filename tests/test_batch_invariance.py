@@ -5,30 +5,15 @@ A reshape that mixes time and batch (``[T*B] -> [B, T]`` instead of ``[T, B]``) 
 every other size; a per-batch average where a per-sample one is meant changes the reports when the last batch is
 smaller (16 samples in batches of 3: five of 3 and one of 1)."""
 import pytest
-import timm
 import torch
 
+from conftest import reference_model
 import energy
-import models
 
 SIZES = (1, 3, 16)
 SAMPLES = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models at batch 1 are many small operations: a second thread only adds synchronisation (tens of times
-    slower on a busy machine). Results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _model(record):
-    model = timm.create_model('Spikingformer', **record['kwargs'])
-    model.load_state_dict(models.checkpoint_filter_fn(record['state_dict'], model), strict=True)
-    return model.eval()
 
 
 def _samples(record):
@@ -67,7 +52,7 @@ def test_batch_size_invariance(layout_reference):
     """The same 16 samples at batch 1, 3 and 16: logits equal to float rounding; energy and spike reports with the
     same numbers (per-sample averaging), the same firing maps and attention maps (the first samples, whatever the
     batches)."""
-    model = _model(layout_reference)
+    model = reference_model(layout_reference)
     x = _samples(layout_reference)
     assert len(x) == SAMPLES
     runs = {size: _evaluate(model, x, size) for size in SIZES}

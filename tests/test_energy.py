@@ -7,6 +7,7 @@ import timm
 import torch
 from torch import nn
 
+from conftest import reference_model
 import energy
 import models
 from models.layers import SpikingSelfAttention
@@ -114,12 +115,6 @@ def test_attention_toy_hand_counts():
 
 
 # ------------------------------------------------------------------------------------- the published calculator
-def _reference_model(reference):
-    model = timm.create_model('Spikingformer', **reference['kwargs'])
-    model.load_state_dict(models.checkpoint_filter_fn(reference['state_dict'], model), strict=True)
-    return model.eval()
-
-
 def published_calculator(model, batches, heads, tokens, T):
     """The published calculator's arithmetic, re-derived by hand from layer shapes and measured inputs.
 
@@ -192,7 +187,7 @@ def published_calculator(model, batches, heads, tokens, T):
 def test_agrees_with_published_calculator(reference, sizes, rate_average):
     """Same MACs, ACs and energy as the published calculator's rules to 1e-6 on a trained-like model (firing rates
     10-55%): equal batches with the default pooling of rates, unequal batches with the published per-batch mean."""
-    model = _reference_model(reference)
+    model = reference_model(reference)
     batches = list(torch.split(reference['input'], list(sizes)))
     kw = reference['kwargs']
     tokens = (kw['img_size_h'] // kw['patch_size']) * (kw['img_size_w'] // kw['patch_size'])
@@ -208,7 +203,7 @@ def test_agrees_with_published_calculator(reference, sizes, rate_average):
 
 def test_attention_rates_are_the_published_rates(reference):
     """On one batch, the Q/K/V rates are the published model's own measured LIF rates (from the reference file)."""
-    model = _reference_model(reference)
+    model = reference_model(reference)
     report = energy.estimate_energy(model, [(reference['input'], reference['target'])])
     for i, rates in enumerate(report.attention):
         for role in 'qkv':
@@ -233,7 +228,7 @@ def test_imagenet_mac_counts(name, macs):
 
 # ----------------------------------------------------------------------------------- outputs, hooks, input kinds
 def test_outputs_unchanged_and_hooks_removed(reference):
-    model = _reference_model(reference).train()
+    model = reference_model(reference).train()
     hooks = _all_hooks(model)
     x = reference['input']
     with torch.no_grad():
@@ -252,7 +247,7 @@ def test_outputs_unchanged_and_hooks_removed(reference):
 
 
 def test_hooks_removed_after_an_error(reference):
-    model = _reference_model(reference)
+    model = reference_model(reference)
     hooks = _all_hooks(model)
     with pytest.raises(ValueError, match='expected images'):
         energy.estimate_energy(model, [torch.zeros(1, 3, 8)])  # wrong input rank
@@ -276,7 +271,7 @@ def test_event_frames_first_conv_is_mac():
 
 
 def test_report_to_dict_and_markdown(reference):
-    model = _reference_model(reference)
+    model = reference_model(reference)
     report = energy.estimate_energy(model, [(reference['input'], reference['target'])])
     d = report.to_dict()
     assert {'mac_ops', 'ac_ops', 'energy_mj', 'samples', 'top1', 'layers'} <= set(d)

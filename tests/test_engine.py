@@ -35,13 +35,6 @@ TINY = ['--embed-dims', '32', '--depths', '1', '--num-heads', '2', '-T', '1', '-
 SCHEDULE = ['--warmup-epochs', '5', '--cooldown-epochs', '0', '--seed', '3']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead (and the machine is shared)
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_cifar10(root: Path, train_per_batch: int = 16, test: int = 40, seed: int = 0) -> Path:
     """CIFAR-10 python pickles as the real data set has them (5 training batches, a test batch, the meta file)."""

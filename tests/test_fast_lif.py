@@ -6,6 +6,7 @@ import timm
 import torch
 from torch import nn
 
+from conftest import reference_model
 import models
 from models.fused_lif import LIFFunction, fused_lif
 from models.neuron import LIF, resolve_backend
@@ -95,7 +96,7 @@ def test_fused_under_autocast_matches_torch_backend(reference, train):
     same dtype, in every neuron of the reference model."""
     out = {}
     for backend in ('torch', 'fused'):
-        model = _reference_model(reference, backend).train(train)
+        model = reference_model(reference, backend).train(train)
         spikes = _record_spikes(model)
         with torch.set_grad_enabled(train), torch.autocast('cpu', dtype=torch.bfloat16):
             logits = model(reference['input'])
@@ -153,12 +154,6 @@ def test_auto_picks_the_fused_path_on_cpu():
     assert {m.requested_backend for m in model.modules() if isinstance(m, models.LIF)} == {'fused'}
 
 
-def _reference_model(reference, backend):
-    model = timm.create_model('Spikingformer', **reference['kwargs'], backend=backend)
-    model.load_state_dict(models.checkpoint_filter_fn(reference['state_dict'], model), strict=True)
-    return model
-
-
 def _record_spikes(model):
     spikes = {}
     for name, module in model.named_modules():
@@ -172,7 +167,7 @@ def test_fused_model_matches_torch_backend_on_the_reference(reference, train):
     """The whole reference model: identical spikes in every neuron, logits within 1e-5, gradients per the README."""
     out = {}
     for backend in ('torch', 'fused'):
-        model = _reference_model(reference, backend).train(train)
+        model = reference_model(reference, backend).train(train)
         spikes = _record_spikes(model)
         with torch.set_grad_enabled(train):
             logits = model(reference['input'])

@@ -7,6 +7,7 @@ import timm
 import torch
 from torch import nn
 
+from conftest import reference_model
 import models
 from models.neuron import cupy_available, resolve_backend
 
@@ -72,17 +73,11 @@ def _published_to_own(name):
     return models.checkpoint._rename(name)
 
 
-def _tiny_reference_model(reference):
-    model = timm.create_model('Spikingformer', **reference['kwargs'])
-    model.load_state_dict(models.checkpoint_filter_fn(reference['state_dict'], model), strict=True)
-    return model
-
-
 def test_reference_eval_logits_and_firing_rates(layout_reference):
     """Every published layout (CIFAR, ImageNet, DVS with tau 1.5 on event frames) computes what the published code
     computed: logits and every neuron's firing rate."""
     reference = layout_reference
-    model = _tiny_reference_model(reference).eval()
+    model = reference_model(reference).eval()
     rates = {}
     own_to_published = {}
     for name, module in model.named_modules():
@@ -103,7 +98,7 @@ def test_reference_eval_logits_and_firing_rates(layout_reference):
 
 def test_reference_train_logits_loss_and_gradients(layout_reference):
     reference = layout_reference
-    model = _tiny_reference_model(reference).train()
+    model = reference_model(reference).train()
     logits = model(reference['input'])
     torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
     loss = nn.functional.cross_entropy(logits, reference['target'])
@@ -125,9 +120,9 @@ def test_reference_train_logits_loss_and_gradients(layout_reference):
 
 @pytest.mark.parametrize('training', [False, True])
 def test_no_state_leaks_between_calls(reference, training):
-    model = _tiny_reference_model(reference).train(training)
+    model = reference_model(reference).train(training)
     a, b = reference['input'][:3], reference['input'][3:]
-    fresh = _tiny_reference_model(reference).train(training)
+    fresh = reference_model(reference).train(training)
     with torch.no_grad():
         expected = fresh(b)
         model(a)
@@ -137,7 +132,7 @@ def test_no_state_leaks_between_calls(reference, training):
 
 def test_reset_net_stays_harmless(reference):
     from spikingjelly.activation_based import functional
-    model = _tiny_reference_model(reference).eval()
+    model = reference_model(reference).eval()
     with torch.no_grad():
         first = model(reference['input'])
         functional.reset_net(model)
@@ -271,7 +266,7 @@ def test_filter_names_what_disagrees_for_another_architecture():
 
 
 def test_load_checkpoint_file_errors(tmp_path, reference):
-    model = _tiny_reference_model(reference)
+    model = reference_model(reference)
     with pytest.raises(models.CheckpointError, match='not found'):
         models.load_checkpoint(model, str(tmp_path / 'nope.pth.tar'))
     good = tmp_path / 'good.pth.tar'
@@ -286,7 +281,7 @@ def test_load_checkpoint_file_errors(tmp_path, reference):
 # ---- autocast --------------------------------------------------------------------------------------------------
 
 def test_bf16_autocast_on_cpu(reference):
-    model = _tiny_reference_model(reference).eval()
+    model = reference_model(reference).eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         low = model(reference['input']).float()
     # bf16 rounds every convolution's output (about 3 significant digits) and may flip a few spikes; the logits

@@ -26,13 +26,6 @@ from utils.main import train_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # also keeps fork() safe: no intra-op thread pool in the parent
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):

@@ -31,13 +31,6 @@ class Payload:
         return builtins.open, (self.marker, 'w')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):

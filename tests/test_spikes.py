@@ -2,30 +2,17 @@
 attention maps on toy networks; agreement with the energy report's input firing rates and with the published
 model's own LIF rates on every layout; unchanged outputs; the figures."""
 import pytest
-import timm
 import torch
 from torch import nn
 
+from conftest import reference_model
+from test_energy import AttentionToy
 import energy
 import models
 from energy.spike_plots import plot_attention, plot_firing_maps, plot_firing_rates
-from models.layers import SpikingSelfAttention, SpikingTokenizer
+from models.layers import SpikingTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models at batch 1 are many small operations: a second thread only adds synchronisation (tens of times
-    slower on a busy machine). Results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reference_model(record):
-    model = timm.create_model('Spikingformer', **record['kwargs'])
-    model.load_state_dict(models.checkpoint_filter_fn(record['state_dict'], model), strict=True)
-    return model.eval()
 
 
 class EventToy(nn.Module):
@@ -72,22 +59,6 @@ def test_hand_counts():
     assert report.samples == 2 and report.batches == 1 and report.top1 is None
 
 
-class AttentionToy(nn.Module):
-    """One spiking self-attention (dim 8, 2 heads, d = 4) on 2x2 tokens, T = 2, BatchNorm weights 0 so that Q, K, V
-    are the constant patterns of the BN biases: Q fires on head 0 (channels 0-3), K everywhere, V on 0 and 4."""
-
-    def __init__(self):
-        super().__init__()
-        self.attn = SpikingSelfAttention(8, 2, models.lif)
-        for bn, fire in ((self.attn.q_bn, [0, 1, 2, 3]), (self.attn.k_bn, range(8)), (self.attn.v_bn, [0, 4])):
-            bn.weight.data.zero_()
-            bn.bias.data.fill_(-4.)
-            bn.bias.data[list(fire)] = 4.
-
-    def forward(self, x):  # [B, 8, 2, 2]
-        return self.attn(x.unsqueeze(0).repeat(2, 1, 1, 1, 1))
-
-
 def test_attention_maps_by_hand():
     """Head 0: every query and key token fire in all 4 channels, so Q K^T is 4 everywhere; head 1: Q is silent, 0.
     Per-head rates: Q (1, 0), K (1, 1), V (1/4, 1/4); they are the energy report's r_q, r_k, r_v."""
@@ -116,7 +87,7 @@ def test_rates_match_the_energy_report_and_the_published_model(layout_reference)
     gives each layer that reads its spikes directly, and its r_q / r_k / r_v. Layers after max pooling (the
     pooled tokenizer stages) read a different tensor, with a rate at least as high. Every spike-reading layer is
     accounted for, and all rates (one batch) are the published model's own LIF rates, in the same order."""
-    model = _reference_model(layout_reference)
+    model = reference_model(layout_reference)
     x, target = layout_reference['input'], layout_reference['target']
     batches = [(x[:2], target[:2]), (x[2:], target[2:])]
     spikes = energy.record_spikes(model, batches)
@@ -145,7 +116,7 @@ def test_rates_match_the_energy_report_and_the_published_model(layout_reference)
 
 
 def test_outputs_unchanged_and_hooks_removed(reference):
-    model = _reference_model(reference)
+    model = reference_model(reference)
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     x = reference['input']
     with torch.no_grad():
@@ -161,7 +132,7 @@ def test_outputs_unchanged_and_hooks_removed(reference):
 def test_figures(reference, tmp_path):
     """The three figures of a CIFAR-layout model (2 blocks, 4 heads, T = 4) are PNGs of a sensible size."""
     from PIL import Image
-    model = _reference_model(reference)
+    model = reference_model(reference)
     report = energy.record_spikes(model, [reference['input']], samples=2)
     for plot, name in ((plot_firing_rates, 'rates'), (plot_firing_maps, 'maps'), (plot_attention, 'attention')):
         path = tmp_path / f'{name}.png'

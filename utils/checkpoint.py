@@ -104,7 +104,7 @@ def save_run_checkpoint(output: str, state: dict, is_best: bool) -> None:
     if os.path.isfile(last):
         then = f'{LAST} is left as it was (the previous epoch). Free some space, then continue with --resume {last}'
     else:
-        then = f'No checkpoint of this run exists yet: free some space, then start the run again in a new folder.'
+        then = 'No checkpoint of this run exists yet: free some space, then start the run again in a new folder.'
     with writing(last, f'The checkpoint of epoch {epoch} was not saved. {then}'):
         atomic_save(state, last)
     if is_best:
