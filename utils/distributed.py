@@ -13,7 +13,7 @@ import torch.distributed as dist
 from timm.utils import distribute_bn
 
 from .config import Config
-from .errors import UserError
+from .errors import FailedOnAnotherRank, UserError, exit_code
 from .slurm import slurm_task
 
 
@@ -76,9 +76,36 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
+class fail_together:  # noqa: N801 (used as a context manager, like contextlib's)
+    """``with fail_together(info):`` a step that stops every process of the run when it fails in any of them.
+
+    Every process enters the block (the work inside may be rank 0's alone: ``if info.is_main:``). At its end the
+    processes tell each other whether they failed (one ``all_gather_object`` of exit codes); when one did, every
+    process stops: the lowest failing rank raises its own exception, whose message is the run's one message, and
+    every other process raises :class:`~utils.errors.FailedOnAnotherRank`, which ``run_cli`` turns into the same
+    exit code without printing anything. Also a barrier: no process leaves the block before all have finished it.
+
+    Why: a process that stops alone leaves the others in the next collective operation (DDP's constructor, a
+    gradient all-reduce), where they die with a traceback (gloo: "Connection closed by peer") or wait for NCCL's
+    timeout. A KeyboardInterrupt is not exchanged: Ctrl-C reaches every process of the run by itself. With one
+    process the block is a plain block.
+    """
+
+    def __init__(self, info: DistInfo):
+        self.info = info
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.info.distributed or (exc_type is not None and not issubclass(exc_type, Exception)):
+            return False
+        codes = [None] * self.info.world
+        dist.all_gather_object(codes, None if exc is None else exit_code(exc))
+        failed = [rank for rank, code in enumerate(codes) if code is not None]
+        if not failed or failed[0] == self.info.rank:
+            return False  # nobody failed, or this process reports its own failure
+        raise FailedOnAnotherRank(failed[0], codes[failed[0]]) from None
 
 
 def sync_bn_stats(model: torch.nn.Module, mode: str, world: int) -> None:

@@ -16,6 +16,7 @@ import sys
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+QUIET_EXIT_DELAY_S = 1.0  # see FailedOnAnotherRank
 
 
 class UserError(Exception):
@@ -28,6 +29,18 @@ class DataError(UserError):
 
 class NonFiniteLossError(UserError):
     """Training diverged: the loss is NaN or infinite."""
+
+
+class FailedOnAnotherRank(Exception):
+    """Raised in the processes of a distributed run that did not fail themselves when another one did (see
+    ``utils.distributed.fail_together``): the failing process prints the message, this one exits quietly with
+    the same exit ``code``, so a run prints one message however many processes it has. It exits a second after
+    raising, so that the process with the message ends first and a launcher that names the first process to fail
+    (torchrun's "Root Cause") names that one."""
+
+    def __init__(self, rank: int, code: int):
+        super().__init__(f'process {rank} of the run failed (exit code {code}); its message says why')
+        self.rank, self.code = rank, code
 
 
 INTERRUPTED = ('interrupted. A training run continues from its last completed epoch with '
@@ -49,6 +62,11 @@ def user_message(error: BaseException) -> str:
     if 'Original Traceback' in message and marker in message:
         message = message.rsplit(marker, 1)[1]
     return message
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code :func:`run_cli` gives ``error``: 2 for bad input (a user error or a missing file), else 1."""
+    return EXIT_BAD_INPUT if isinstance(error, _user_error_types() + (FileNotFoundError,)) else 1
 
 
 def _user_error_types() -> tuple:
@@ -157,6 +175,10 @@ def run_cli(main_fn, argv=None, interrupted: str = INTERRUPTED) -> None:
         main_fn(argv)
     except KeyboardInterrupt:
         exit_interrupted(interrupted)
+    except FailedOnAnotherRank as e:  # the failing process prints the message (see the class)
+        import time  # here, not at the top: this module stays quick to import (see the module docstring)
+        time.sleep(QUIET_EXIT_DELAY_S)
+        sys.exit(e.code)
     except Exception as e:
         if isinstance(e, _user_error_types()):
             sys.exit(_fail(user_message(e), EXIT_BAD_INPUT))

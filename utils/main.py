@@ -29,9 +29,10 @@ from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_check
 from .config import INVOCATION_KEYS, Config, ConfigError, check_cross_keys, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
-from .distributed import DistInfo, barrier, cleanup_distributed, init_distributed, select_device, sync_bn_stats
+from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
+                          sync_bn_stats)
 from .engine import evaluate, train_loss_fn, train_one_epoch
-from .errors import UserError, writing
+from .errors import UserError, free_space_text, writing
 from .factory import build_model
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
@@ -92,10 +93,13 @@ def default_output(cfg: Config, kind: str) -> str:
 
 
 class RunLog:
-    """Prints on rank 0 and appends to ``<output>/log.txt``; TensorBoard scalars when tensorboard is installed."""
+    """Prints on rank 0 and appends to ``<output>/log.txt``; TensorBoard scalars when tensorboard is installed.
+
+    ``log.txt`` is a convenience copy of the console: when an append fails (disk full), one warning says so and the
+    run goes on (its summary and checkpoints are written, and fail loudly, on their own)."""
 
     def __init__(self, output: Optional[str], enabled: bool):
-        self.output, self.enabled, self.writer = output, enabled, None
+        self.output, self.enabled, self.writer, self.copying = output, enabled, None, bool(output)
         if enabled and output:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -107,11 +111,16 @@ class RunLog:
         if not self.enabled:
             return
         print(message, flush=True)
-        if self.output:
+        if self.copying:
             path = os.path.join(self.output, 'log.txt')
-            with writing(path, 'The line above was not logged; the checkpoints of the finished epochs are saved.'):
+            try:
                 with open(path, 'a') as f:
                     f.write(message + '\n')
+            except OSError as e:
+                self.copying = False
+                print(f'warning: cannot append to {path} ({e.strerror or e}; {free_space_text(path)}): the console '
+                      f'lines are not copied there from now on; summary.csv and the checkpoints are written as '
+                      f'before.', file=sys.stderr, flush=True)
 
     def scalars(self, values: dict, step: int) -> None:
         if self.writer is not None:
@@ -172,56 +181,66 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
 
 
 def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
+    """The run. Under several processes each start-up step is a :class:`fail_together` block, so that a failure in
+    one process (rank 0's checks and writes of the run folder included) stops them all with one message, and the
+    run folder is written (rank 0) only once every process has its data, model and checkpoint."""
     device = info.device
-    resolve_data_config(cfg)
-    amp_dtype, scaler = amp_setup(cfg, device)
-    check_optimizer_and_schedule(cfg)
-    if resume is not None:
-        check_same_recipe(resume.recorded, cfg)  # also: the same initial_checkpoint, which the resume supersedes
-        initial_checkpoint = None
-        if info.is_main:
-            check_output_location(cfg.output)
-    else:
-        initial_checkpoint = initial_checkpoint_to_load(cfg)
-        cfg.output = cfg.output or default_output(cfg, 'train')
-        if info.is_main:
-            check_fresh_output(cfg.output)
+    with fail_together(info):  # the config, as every process resolves it; the output folder (rank 0)
+        resolve_data_config(cfg)
+        amp_dtype, scaler = amp_setup(cfg, device)
+        check_optimizer_and_schedule(cfg)
+        if resume is not None:
+            check_same_recipe(resume.recorded, cfg)  # also: the same initial_checkpoint, which the resume supersedes
+            initial_checkpoint = None
+            if info.is_main:
+                check_output_location(cfg.output)
+        else:
+            initial_checkpoint = initial_checkpoint_to_load(cfg)
+            cfg.output = cfg.output or default_output(cfg, 'train')
+            if info.is_main:
+                check_fresh_output(cfg.output)
 
     if cfg.dataset_download and info.distributed:  # one process downloads, the others wait for it
-        if info.is_main:
-            build_datasets(cfg)
-        barrier(info)
-    train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
-    loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
-    batch_mixup = None if mixes_in_loader(mixup_fn) else mixup_fn  # images are mixed by the loader's collate
-    eval_dtype = amp_dtype if cfg.eval_amp else None
+        with fail_together(info):
+            if info.is_main:
+                build_datasets(cfg)
+    with fail_together(info):  # data, model, optimizer and the resumed state, in every process
+        train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
+        loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
+        batch_mixup = None if mixes_in_loader(mixup_fn) else mixup_fn  # images are mixed by the loader's collate
+        eval_dtype = amp_dtype if cfg.eval_amp else None
 
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg)
-    loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) if initial_checkpoint else None
-    model = model.to(device)
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.opt_eps)
-    # created before a resume loads the optimizer state, so the schedule follows this run's config
-    scheduler, num_epochs = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                                cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
-                                                warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    start_epoch, best_metric, best_epoch = 0, None, None
-    if resume is not None:
-        start_epoch, best_metric, best_epoch = resume_checkpoint(resume.checkpoint, resume.path, model, optimizer,
-                                                                 scaler, ema)
-        resume.checkpoint = None  # free its memory
-    scheduler.step(start_epoch)
-    ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
-        if info.distributed else model
+        seed_everything(cfg.seed)  # the same initial weights on every rank
+        model = build_model(cfg)
+        loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) \
+            if initial_checkpoint else None
+        model = model.to(device)
+        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        eps=cfg.opt_eps)
+        # created before a resume loads the optimizer state, so the schedule follows this run's config
+        scheduler, num_epochs = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
+                                                    cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
+                                                    warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        start_epoch, best_metric, best_epoch = 0, None, None
+        if resume is not None:
+            start_epoch, best_metric, best_epoch = resume_checkpoint(resume.checkpoint, resume.path, model,
+                                                                     optimizer, scaler, ema)
+            resume.checkpoint = None  # free its memory
+        scheduler.step(start_epoch)
 
     # the run folder is written only once the config, checkpoint, data and output are known to be good
-    notes = []
-    if info.is_main:
-        check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
-        notes = start_folder(cfg, resume)
-        with writing(cfg.output, 'The run has not started.'):
-            write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
+    notes, rows = [], []
+    summary_path = os.path.join(cfg.output, 'summary.csv')
+    with fail_together(info):
+        if info.is_main:
+            check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
+            notes = start_folder(cfg, resume)
+            with writing(cfg.output, 'The run has not started.'):
+                write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
+            rows = _read_summary(summary_path, start_epoch)
+    ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
+        if info.distributed else model
     log = RunLog(cfg.output, info.is_main)
     if resume is not None:
         log(f'resumed from {resume.path} at epoch {start_epoch}')
@@ -229,8 +248,6 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         log(loaded)
     for note in notes:
         log(note)
-    summary_path = os.path.join(cfg.output, 'summary.csv')
-    rows = _read_summary(summary_path, start_epoch) if info.is_main else []
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
     log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
         f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
@@ -268,13 +285,14 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         is_best = best_metric is None or metrics['top1'] > best_metric
         if is_best:
             best_metric, best_epoch = metrics['top1'], epoch
-        if info.is_main:
-            rows.append(row)
-            _write_summary(summary_path, rows, columns)
-            state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
-                                    scaler, ema)
-            save_run_checkpoint(cfg.output, state, is_best)
-            log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+        with fail_together(info):  # a failed write stops every process, with rank 0's message
+            if info.is_main:
+                rows.append(row)
+                _write_summary(summary_path, rows, columns)
+                state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
+                                        scaler, ema)
+                save_run_checkpoint(cfg.output, state, is_best)
+                log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         clock.end_epoch(train['seconds'])
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
             f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
