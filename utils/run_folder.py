@@ -129,19 +129,37 @@ def _comparable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def recorded_values(recorded: Mapping, schema: Mapping = SCHEMA) -> dict:
+    """The run's value of every key of ``schema``. A key the run did not record (it was added since) takes the value
+    a start gives it today: its default, resolved for the run's data set where the default is null and a start
+    resolves it (``utils.data.resolve_data_config``; e.g. ``eval_amp`` is true for images). So a run recorded before
+    a key existed compares equal to a resume that keeps the key's default (``cfg`` is compared once resolved)."""
+    from .data import DATASETS, resolve_data_config  # late: the data code is heavy, and only a resume needs it
+    values = {}
+    for name, key in schema.items():
+        value = recorded.get(name, key.default)
+        try:
+            value = convert(name, key, value)
+        except ConfigError:  # a value an older version accepted: compare as recorded
+            pass
+        values[name] = value
+    missing = [name for name in schema if name not in recorded]
+    if missing and values.get('dataset') in DATASETS:
+        resolved = Config(values)
+        resolve_data_config(resolved)
+        values.update({name: getattr(resolved, name) for name in missing})
+    return values
+
+
 def recipe_differences(recorded: Mapping, cfg: Config, schema: Mapping = SCHEMA) -> list:
     """``[(key, run's value, new value)]`` for every protected key (not ``may_change_on_resume``) whose value in
-    ``cfg`` differs from the recorded one; a key the run did not record (added since) counts with its default."""
+    ``cfg`` differs from the run's (:func:`recorded_values`)."""
+    run = recorded_values(recorded, schema)
     differences = []
     for name, key in schema.items():
         if key.may_change_on_resume or name not in cfg:
             continue
-        old = recorded.get(name, key.default)
-        try:
-            old = convert(name, key, old)
-        except ConfigError:  # a value an older version accepted: compare as recorded
-            pass
-        new = getattr(cfg, name)
+        old, new = run[name], getattr(cfg, name)
         if _comparable(old) != _comparable(new):
             differences.append((name, old, new))
     return differences
