@@ -52,3 +52,38 @@ def test_a_newer_key_set_against_the_old_behaviour_is_refused(one_epoch, tmp_pat
     last = edited_copy(one_epoch, tmp_path, drop_newer_keys)
     code, err = run(train_main, ['--resume', str(last), '--epochs', '2', '--eval-amp', 'false'], capsys)
     assert code == EXIT_BAD_INPUT and 'eval_amp: run True, now False' in err, err
+
+
+def test_another_number_of_processes_must_keep_the_global_batch(one_epoch, tmp_path, capsys):
+    assert torch.load(one_epoch['run'] / 'last.pth.tar', weights_only=True)['world_size'] == 1
+    last = edited_copy(one_epoch, tmp_path, lambda c: c.update(world_size=2))  # as if trained on 2 processes
+    code, err = run(train_main, ['--resume', str(last), '--epochs', '2'], capsys)
+    assert code == EXIT_BAD_INPUT, err
+    assert 'global batch (batch_size x processes x grad_accum_steps): run 16 x 2 x 1 = 32, now 16 x 1 x 1 = 16' in err
+    assert '--grad-accum-steps 2 keeps' in err and 'grad_accum_steps: run' not in err
+    code, err = run(train_main, ['--resume', str(last), '--epochs', '2', '--batch-size', '32'], capsys)
+    assert code == EXIT_BAD_INPUT and 'batch_size: run 16, now 32' in err  # the per-process batch stays protected
+
+    train_main(['--resume', str(last), '--epochs', '2', '--grad-accum-steps', '2'])
+    log = (last.parent / 'log.txt').read_text()
+    assert "global batch as the run's: 16 x 1 x 2 = 32 (batch_size x processes x grad_accum_steps; the run had " \
+           "16 x 2 x 1 = 32)" in log
+    assert torch.load(last, weights_only=True)['world_size'] == 1
+
+
+def test_a_global_batch_no_accumulation_keeps_is_explained(one_epoch):
+    from utils.config import load_config
+    from utils.errors import UserError
+    from utils.run_folder import check_same_recipe
+    recorded = torch.load(one_epoch['run'] / 'last.pth.tar', weights_only=True)['args']
+    cfg = load_config(['--resume', 'last.pth.tar'], base=recorded)
+    with pytest.raises(UserError, match='No --grad-accum-steps keeps the run\'s global batch of 48 with batch_size 16 '
+                                        'on 2 process'):
+        check_same_recipe(recorded, cfg, world=2, recorded_world=3)
+    assert check_same_recipe(recorded, cfg, world=3, recorded_world=3) is None
+
+
+def test_a_checkpoint_without_its_number_of_processes_compares_grad_accum_steps(one_epoch, tmp_path, capsys):
+    last = edited_copy(one_epoch, tmp_path, lambda c: c.pop('world_size'))
+    code, err = run(train_main, ['--resume', str(last), '--epochs', '2', '--grad-accum-steps', '2'], capsys)
+    assert code == EXIT_BAD_INPUT and 'grad_accum_steps: run 1, now 2' in err and 'global batch' not in err, err

@@ -1,9 +1,10 @@
 """Run checkpoints in timm's format, written so that a kill at any instant leaves a consistent run, and exact resume.
 
 A checkpoint is timm's dict (``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``version``, ``args``, ``metric``,
-``state_dict_ema`` with EMA, ``amp_scaler`` with an fp16 gradient scaler) plus ``best_metric``/``best_epoch``, so
-timm's tools and ``models.load_checkpoint`` read it. timm's ``CheckpointSaver`` is not used: it writes the file in
-place (a crash mid-write leaves a broken ``last.pth.tar``) and keeps a ranked history this project does not need.
+``state_dict_ema`` with EMA, ``amp_scaler`` with an fp16 gradient scaler) plus ``best_metric``/``best_epoch`` and
+``world_size`` (the number of processes), so timm's tools and ``models.load_checkpoint`` read it. timm's
+``CheckpointSaver`` is not used: it writes the file in place (a crash mid-write leaves a broken ``last.pth.tar``) and
+keeps a ranked history this project does not need.
 
 Save order, for a kill -9 at any instant: ``last.pth.tar`` is written to ``last.pth.tar.tmp<pid>``, flushed and
 renamed over the old one; then, when the epoch is the best so far, ``model_best.pth.tar`` becomes a hard link of it
@@ -85,10 +86,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def make_checkpoint(model, optimizer, epoch: int, cfg, metric: float, best_metric: float, best_epoch: int,
-                    scaler=None, ema=None) -> dict:
+                    scaler=None, ema=None, world: int = 1) -> dict:
+    """The checkpoint of ``epoch``; ``world_size`` (the number of processes, ``world``) lets a resume keep the global
+    batch (``utils.run_folder.check_same_recipe``)."""
     state = dict(epoch=epoch, arch=cfg.model, state_dict=unwrap(model).state_dict(),
                  optimizer=optimizer.state_dict(), version=2, args=cfg.to_dict(), metric=metric,
-                 best_metric=best_metric, best_epoch=best_epoch)
+                 best_metric=best_metric, best_epoch=best_epoch, world_size=world)
     if ema is not None:
         state['state_dict_ema'] = unwrap(ema).state_dict()
     if scaler is not None:

@@ -190,7 +190,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         amp_dtype, scaler = amp_setup(cfg, device)
         check_optimizer_and_schedule(cfg)
         if resume is not None:
-            check_same_recipe(resume.recorded, cfg)  # also: the same initial_checkpoint, which the resume supersedes
+            # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
+            batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
             initial_checkpoint = None
             if info.is_main:
                 check_output_location(cfg.output)
@@ -244,6 +245,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     log = RunLog(cfg.output, info.is_main)
     if resume is not None:
         log(f'resumed from {resume.path} at epoch {start_epoch}')
+        if batch_note:
+            log(batch_note)
     if loaded:
         log(loaded)
     for note in notes:
@@ -290,7 +293,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
                 rows.append(row)
                 _write_summary(summary_path, rows, columns)
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
-                                        scaler, ema)
+                                        scaler, ema, info.world)
                 save_run_checkpoint(cfg.output, state, is_best)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         clock.end_epoch(train['seconds'])

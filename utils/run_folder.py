@@ -97,11 +97,12 @@ def resume_folder(cfg: Config) -> str:
 @dataclass
 class Resume:
     """What ``--resume`` brings: the checkpoint (dropped once loaded, to free its memory), the config it records
-    (None for a checkpoint of another code base) and its epoch, best epoch and best metric."""
+    (None for a checkpoint of another code base), its epoch, best epoch and best metric, and its number of processes."""
     path: str
     checkpoint: Optional[dict]
     recorded: Optional[dict]
     progress: dict = field(default_factory=dict)
+    world: Optional[int] = None  # the run's number of processes (None: a checkpoint of an earlier version)
 
 
 def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
@@ -122,7 +123,8 @@ def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
         cfg = load_config(argv, None, base={k: v for k, v in recorded.items() if k not in INVOCATION_KEYS})
     cfg.output = resume_folder(cfg)
     progress = {k: checkpoint.get(k) for k in ('epoch', 'best_epoch', 'best_metric')}
-    return cfg, Resume(path, checkpoint, recorded, progress)
+    world = checkpoint.get('world_size')
+    return cfg, Resume(path, checkpoint, recorded, progress, world if isinstance(world, int) else None)
 
 
 def _comparable(value):
@@ -165,22 +167,51 @@ def recipe_differences(recorded: Mapping, cfg: Config, schema: Mapping = SCHEMA)
     return differences
 
 
-def check_same_recipe(recorded: Optional[Mapping], cfg: Config) -> None:
-    """Refuse to resume under another architecture or recipe than the run's (``recorded``; None skips the check)."""
+def _global_batch(batch_size: int, world: int, steps: int) -> str:
+    return f'{batch_size} x {world} x {steps} = {batch_size * world * steps}'
+
+
+def check_same_recipe(recorded: Optional[Mapping], cfg: Config, world: int = 1,
+                      recorded_world: Optional[int] = None) -> Optional[str]:
+    """Refuse to resume under another architecture or recipe than the run's (``recorded``; None skips the check).
+
+    The batch: ``batch_size`` (per process) is protected like any key. What the optimizer sees is the global batch,
+    ``batch_size x processes x grad_accum_steps``: when the checkpoint records its number of processes
+    (``recorded_world``), the global batch is compared instead of ``grad_accum_steps``, so the run may continue on
+    another number of processes with the ``--grad-accum-steps`` that keeps it; returns a line for the log then.
+    Without it (checkpoints of earlier versions) ``grad_accum_steps`` is compared as any key."""
     if recorded is None:
-        return
+        return None
     differences = recipe_differences(recorded, cfg)
-    if not differences:
-        return
-    lines = [f'  {name}: run {old!r}, now {new!r}' for name, old, new in differences[:_MAX_LISTED]]
+    lines, note, fix = [], None, ''
+    if recorded_world is not None:
+        differences = [d for d in differences if d[0] != 'grad_accum_steps']
+        run = recorded_values(recorded)
+        then = (run['batch_size'], recorded_world, run['grad_accum_steps'])
+        now = (cfg.batch_size, world, cfg.grad_accum_steps)
+        if then[0] * then[1] * then[2] != now[0] * now[1] * now[2]:
+            lines.append(f'  global batch (batch_size x processes x grad_accum_steps): run {_global_batch(*then)}, '
+                         f'now {_global_batch(*now)}')
+            target, per_step = then[0] * then[1] * then[2], now[0] * now[1]
+            fix = (f'\nOn {world} process(es), --grad-accum-steps {target // per_step} keeps the run\'s global batch '
+                   f'({_global_batch(now[0], world, target // per_step)}).' if target % per_step == 0 else
+                   f'\nNo --grad-accum-steps keeps the run\'s global batch of {target} with batch_size {now[0]} on '
+                   f'{world} process(es): resume on a number of processes that divides it.')
+        elif then != now:
+            note = (f'global batch as the run\'s: {_global_batch(*now)} (batch_size x processes x '
+                    f'grad_accum_steps; the run had {_global_batch(*then)})')
+    if not differences and not lines:
+        return note
+    lines = [f'  {name}: run {old!r}, now {new!r}' for name, old, new in differences[:_MAX_LISTED]] + lines
     if len(differences) > _MAX_LISTED:
         lines.append(f'  ... and {len(differences) - _MAX_LISTED} more')
     free = ', '.join(k for k in MAY_CHANGE_ON_RESUME if k not in INVOCATION_KEYS and k != 'epochs')
+    processes = '; so may the number of processes, with the global batch kept' if recorded_world is not None else ''
     raise UserError(f'cannot resume {cfg.resume} under another recipe: these keys differ from the run\'s '
                     f'(recorded in the checkpoint):\n' + '\n'.join(lines) + '\n'
                     f'A resumed run continues the run as it was trained: drop these options (without --config the '
-                    f'run\'s own config is used), or start a new run in another folder.\nOn resume only {free} and '
-                    f'epochs (to extend the schedule) may change.')
+                    f'run\'s own config is used), or start a new run in another folder.{fix}\nOn resume only {free} '
+                    f'and epochs (to extend the schedule) may change{processes}.')
 
 
 def checkpoint_size_estimate(model, optimizer, ema=None) -> int:
