@@ -10,7 +10,8 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from utils.config import INVOCATION_KEYS, Bounds, Config, Key, load_config
+from utils.config import (Bounds, Config, Key, config_from_checkpoint, has_config_option, load_config,
+                          recorded_config)
 from utils.errors import UserError, writing
 
 REPORT_KEYS = {
@@ -20,10 +21,6 @@ REPORT_KEYS = {
                      "with the config's amp_dtype; the config's own amp key (a training setting) is not used here",
                      choices=('float32', 'amp')),
 }
-
-
-def has_config(argv) -> bool:
-    return any(a == '--config' or a.startswith('--config=') for a in argv)
 
 
 @dataclass
@@ -54,13 +51,10 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
         raise UserError(f'--checkpoint PATH is required: the .pth.tar file {purpose} (a run\'s '
                         f'model_best.pth.tar, or a published checkpoint with the --config of its data set).')
     checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
-    trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    if not has_config(argv):
-        if not isinstance(trained_args, dict):
-            raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
-                            f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
-        cfg = load_config(argv, None, extra_keys=extra_keys,
-                          base={k: v for k, v in trained_args.items() if k not in INVOCATION_KEYS})
+    if not has_config_option(argv) and recorded_config(checkpoint) is None:
+        raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
+                        f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
+    cfg = config_from_checkpoint(argv, checkpoint, extra_keys) or cfg
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype = None

@@ -404,6 +404,31 @@ def load_config(argv: Optional[Sequence[str]] = None, default_config: Optional[s
     return Config(values, source, command_line=overrides)
 
 
+def has_config_option(argv: Sequence[str]) -> bool:
+    """Whether the command line names a YAML file (``--config PATH`` or ``--config=PATH``)."""
+    return any(a == '--config' or a.startswith('--config=') for a in argv)
+
+
+def recorded_config(checkpoint) -> Optional[dict]:
+    """The config a checkpoint written by ``train.py`` records (its ``args``, a dict); None for any other checkpoint
+    (the published ones record an argparse Namespace, of another code base)."""
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    return args if isinstance(args, dict) else None
+
+
+def config_from_checkpoint(argv: Sequence[str], checkpoint, extra_keys: Optional[Mapping[str, Any]] = None
+                           ) -> Optional[Config]:
+    """A checkpoint written by ``train.py`` brings its own config: unless the command line names a ``--config``, the
+    config the checkpoint records (less its :data:`INVOCATION_KEYS`) stands in for the YAML file, and the command
+    line overrides it. None when ``argv`` has ``--config`` or the checkpoint records no config of this project;
+    the caller's config then stands. Used by ``test.py``, ``--resume`` and the report scripts alike."""
+    recorded = recorded_config(checkpoint)
+    if recorded is None or has_config_option(argv):
+        return None
+    return load_config(argv, None, extra_keys=extra_keys,
+                       base={k: v for k, v in recorded.items() if k not in INVOCATION_KEYS})
+
+
 def _fix_hint(name: str, origin: str, rule: str) -> str:
     flag = '--' + name.replace('_', '-')
     if origin.startswith('config file '):

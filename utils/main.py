@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import INVOCATION_KEYS, Config, ConfigError, check_cross_keys, load_config
+from .config import Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
@@ -171,7 +171,7 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     cfg = load_config(argv, default_config)
     resume = None
     if cfg.resume:
-        cfg, resume = open_resume(cfg, argv, _argv_has_config(argv))
+        cfg, resume = open_resume(cfg, argv)
     check_cross_keys(cfg)
     info = init_distributed(cfg)
     try:
@@ -311,10 +311,6 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     return dict(best_top1=best_metric, best_epoch=best_epoch, output=cfg.output)
 
 
-def _argv_has_config(argv: Sequence[str]) -> bool:
-    return any(a == '--config' or a.startswith('--config=') for a in argv)
-
-
 def load_trained_model(cfg: Config, checkpoint, device: torch.device) -> torch.nn.Module:
     """``cfg``'s model with the weights of ``checkpoint`` (``cfg.use_ema`` picks the EMA ones), on ``device``."""
     model = build_model(cfg)
@@ -339,9 +335,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
     checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
-    trained_args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    if isinstance(trained_args, dict) and not _argv_has_config(argv):
-        cfg = load_config(argv, None, base={k: v for k, v in trained_args.items() if k not in INVOCATION_KEYS})
+    cfg = config_from_checkpoint(argv, checkpoint) or cfg
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype, _ = amp_setup(cfg, device)

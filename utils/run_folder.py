@@ -28,8 +28,8 @@ from typing import Mapping, Optional, Sequence
 from models import CheckpointError, read_checkpoint
 
 from .checkpoint import BEST, LAST, link_or_copy
-from .config import INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, ConfigError, convert, load_config
-from .config import save_config
+from .config import (INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, ConfigError, config_from_checkpoint,
+                     convert, recorded_config, save_config)
 from .errors import UserError, size_text, writing
 
 # Temporary files of an atomic write (``<name>.tmp<pid>`` or ``<name>.tmp``): garbage once their writer is gone.
@@ -105,7 +105,7 @@ class Resume:
     world: Optional[int] = None  # the run's number of processes (None: a checkpoint of an earlier version)
 
 
-def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
+def open_resume(cfg: Config, argv: Sequence[str]) -> tuple:
     """``(cfg, Resume)`` for ``cfg.resume``: the checkpoint read safely (``trust_checkpoint``), and the config to run
     with. Without ``--config`` the recorded config is the base (command-line keys override it), so ``--resume PATH``
     alone continues the run as it was configured; the output folder is the checkpoint's (:func:`resume_folder`)."""
@@ -118,13 +118,12 @@ def open_resume(cfg: Config, argv: Sequence[str], has_config: bool) -> tuple:
         raise CheckpointError(f'{path} holds weights only (no optimizer state or epoch), so training cannot '
                               f'continue from it.\n--resume takes the last.pth.tar of a run written by train.py; '
                               f'evaluate weights-only checkpoints with test.py --checkpoint.')
-    recorded = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else None
-    if recorded is not None and not has_config:
-        cfg = load_config(argv, None, base={k: v for k, v in recorded.items() if k not in INVOCATION_KEYS})
+    cfg = config_from_checkpoint(argv, checkpoint) or cfg
     cfg.output = resume_folder(cfg)
     progress = {k: checkpoint.get(k) for k in ('epoch', 'best_epoch', 'best_metric')}
     world = checkpoint.get('world_size')
-    return cfg, Resume(path, checkpoint, recorded, progress, world if isinstance(world, int) else None)
+    world = world if isinstance(world, int) else None
+    return cfg, Resume(path, checkpoint, recorded_config(checkpoint), progress, world)
 
 
 def _comparable(value):
