@@ -12,6 +12,7 @@ import torch
 
 from utils.config import (Bounds, Config, Key, config_from_checkpoint, has_config_option, load_config,
                           recorded_config)
+from utils.atomic import replace_atomically
 from utils.errors import UserError, writing
 
 REPORT_KEYS = {
@@ -77,24 +78,18 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
 def write_report_files(output: str, files: Sequence[Tuple[str, Callable[[str], None]]]) -> list:
     """Write ``files`` (``(name, write(path))`` pairs) into ``output`` in order, naming each on the console.
 
-    Each file is written to a temporary name and renamed, so a failed write leaves no half file; the failure is a
+    Each file is written atomically (``utils.atomic``), so a failed write leaves no half file; the failure is a
     one-screen error saying which files were written and which were not (the caller prints its totals first, so a
     finished pass is never lost without a word)."""
     written = []
     for name, write in files:
         path = os.path.join(output, name)
-        tmp = os.path.join(output, f'.tmp{os.getpid()}-{name}')  # same extension: matplotlib picks the format by it
         done = ', '.join(os.path.basename(p) for p in written) or 'nothing'
         todo = ', '.join(n for n, _ in files[len(written):])
         with writing(path, f'The numbers printed above were not saved in {todo}; written: {done}. Free some space '
                            f'or pass another --output.'):
-            try:
-                os.makedirs(output, exist_ok=True)
-                write(tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            os.makedirs(output, exist_ok=True)
+            replace_atomically(path, write)
         written.append(path)
         print(f'wrote {path}')
     return written

@@ -6,8 +6,8 @@ A checkpoint is timm's dict (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
 ``CheckpointSaver`` is not used: it writes the file in place (a crash mid-write leaves a broken ``last.pth.tar``) and
 keeps a ranked history this project does not need.
 
-Save order, for a kill -9 at any instant: ``last.pth.tar`` is written to ``last.pth.tar.tmp<pid>``, flushed and
-renamed over the old one; then, when the epoch is the best so far, ``model_best.pth.tar`` becomes a hard link of it
+Save order, for a kill -9 at any instant: ``last.pth.tar`` is written to a temporary file (``utils.atomic``), flushed
+and renamed over the old one; then, when the epoch is the best so far, ``model_best.pth.tar`` becomes a hard link of it
 (a copy where the file system has no hard links), again through a temporary name and a rename. Each rename is atomic,
 so each file always holds a whole checkpoint. The one state a kill can leave is ``last.pth.tar`` recording itself as
 the best epoch while ``model_best.pth.tar`` holds an older one; the next start repairs it, and removes the
@@ -25,60 +25,24 @@ from torch import nn
 
 from models import CheckpointError, checkpoint_filter_fn
 
+from .atomic import replace_atomically
 from .errors import writing
 
 LAST, BEST = 'last.pth.tar', 'model_best.pth.tar'
 
 
-def _fsync(path: str) -> None:
-    with open(path, 'rb') as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(write, path: str) -> None:
-    """Write to a temporary file beside ``path`` (``write(tmp)``), then rename it over ``path``."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        write(tmp)
-        os.replace(tmp, path)
-        _fsync_folder(os.path.dirname(os.path.abspath(path)))
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-
-
 def atomic_save(obj, path: str) -> None:
-    def write(tmp):
-        torch.save(obj, tmp)
-        _fsync(tmp)
-    _replace_atomically(write, path)
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def link_or_copy(src: str, dst: str) -> None:
-    """Atomically make ``dst`` the same file as ``src``: a hard link, or a flushed copy where links fail."""
+    """Atomically make ``dst`` the same file as ``src``: a hard link, or a copy where links fail."""
     def write(tmp):
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-            _fsync(tmp)
-    _replace_atomically(write, dst)
+    replace_atomically(dst, write)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ import yaml
 
 from models.neuron import BACKENDS as NEURON_BACKENDS
 
+from .atomic import replace_atomically
 from .errors import UserError
 
 
@@ -491,11 +492,11 @@ def check_cross_keys(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML (loadable again with ``--config``), atomically."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
+    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.atomic``)."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, default_flow_style=None)
+    replace_atomically(path, write)
 
 
 def print_help(schema: Mapping[str, Key] = SCHEMA) -> None:

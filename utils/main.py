@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
+from .atomic import replace_atomically
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
@@ -134,18 +135,14 @@ class RunLog:
 
 
 def write_text(path: str, text: str, consequence: str) -> None:
-    """Write ``text`` to ``path`` (its folder created), through a temporary file and a rename, so that a failed
-    write leaves no half file; a failure is a one-screen error that ends with ``consequence``."""
-    tmp = f'{path}.tmp{os.getpid()}'
+    """Write ``text`` to ``path`` (its folder created) atomically (``utils.atomic``); a failure is a one-screen
+    error that ends with ``consequence``."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
     with writing(path, consequence):
-        try:
-            os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-            with open(tmp, 'w') as f:
-                f.write(text)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        replace_atomically(path, write)
 
 
 def _read_summary(path: str, before_epoch: int) -> list:

@@ -32,8 +32,10 @@ from .config import (INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, Conf
                      convert, recorded_config, save_config)
 from .errors import UserError, size_text, writing
 
-# Temporary files of an atomic write (``<name>.tmp<pid>`` or ``<name>.tmp``): garbage once their writer is gone.
-_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml)\.tmp\d*$')
+# Temporary files of an atomic write (``utils.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>`` and
+# ``<name>.tmp``): garbage once their writer is gone.
+_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml)\.tmp\d*'
+                        r'(?:\.(?:tar|csv|yaml))?$')
 _MAX_LISTED = 10
 
 
