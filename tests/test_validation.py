@@ -365,8 +365,10 @@ def dvs_cfg(root):
 
 
 def test_dvs_num_classes_must_match(dvs_root):
-    with pytest.raises(UserError, match='(?s)num_classes is 5, but cifar10-dvs has 10 classes.*--num-classes 10'):
-        build_dvs_datasets(dict(dvs_cfg(dvs_root), num_classes=5))
+    cfg = load_config(['--dataset', 'cifar10-dvs', '--data-dir', str(dvs_root), '-T', '2', '--num-classes', '5'])
+    with pytest.raises(DataError, match='(?s)num_classes is 5, but the cifar10-dvs data .*has 10 classes.*'
+                                        '--num-classes 10'):
+        build_datasets(cfg)
 
 
 def test_a_truncated_events_file_is_named_with_the_prepare_command(dvs_root):

@@ -459,6 +459,11 @@ def check_values(values: Mapping[str, Any], schema: Mapping[str, Key], origins: 
                           f'it must be {rule}.\nFix: {_fix_hint(name, origin, rule)}.')
 
 
+def mixing_on(cfg) -> bool:
+    """Whether mixup or cutmix is on (timm's ``Mixup`` then mixes each sample with another of its batch)."""
+    return cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
+
+
 def check_cross_keys(cfg: Config) -> None:
     """The rules between keys of a training run, or :class:`ConfigError` (called by ``train_main``; evaluation does
     not need them, so a checkpoint's training config never blocks ``test.py``).
@@ -482,8 +487,7 @@ def check_cross_keys(cfg: Config) -> None:
         if pair is not None and pair[0] > pair[1]:
             raise ConfigError(f'config key {name!r} is {list(pair)}: it is a (min, max) range, min first.\n'
                               f'Fix: --{name.replace("_", "-")} {pair[1]:g} {pair[0]:g}')
-    mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
-    if mixing and cfg.batch_size % 2:
+    if mixing_on(cfg) and cfg.batch_size % 2:
         raise ConfigError(f'batch_size is {cfg.batch_size}, but mixup/cutmix (mixup {cfg.mixup:g}, cutmix '
                           f'{cfg.cutmix:g}) mixes each sample with another of its batch and needs an even batch '
                           f'size.\nFix: --batch-size {cfg.batch_size + 1}'

@@ -25,7 +25,7 @@ from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .config import Config, ConfigError
+from .config import Config, mixing_on
 from .data_checks import check_batches, check_datasets
 from .errors import DataError
 
@@ -236,12 +236,10 @@ def build_eval_loader(cfg: Config, rank: int = 0, world: int = 1, device=None) -
 
 def build_mixup(cfg: Config, collate: bool = False) -> Optional[Mixup]:
     """timm's Mixup (also label smoothing) when mixup or cutmix is on, else None; ``collate`` gives its
-    ``FastCollateMixup``, which mixes while collating uint8 images."""
-    if not (cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None):
+    ``FastCollateMixup``, which mixes while collating uint8 images. The even batch it needs is checked with the
+    other training rules (``utils.config.check_cross_keys``)."""
+    if not mixing_on(cfg):
         return None
-    if cfg.batch_size % 2:
-        raise ConfigError(f'mixup/cutmix pair each sample with another of its batch, so batch_size must be even '
-                          f'(it is {cfg.batch_size}); change --batch-size or turn mixing off (--mixup 0 --cutmix 0).')
     return (FastCollateMixup if collate else Mixup)(
         mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax, prob=cfg.mixup_prob,
         switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,

@@ -16,6 +16,7 @@ Every failure is a :class:`~utils.errors.DataError` naming the folders or number
 import math
 import os
 
+from .config import mixing_on
 from .errors import DataError
 
 MAX_LISTED = 8  # folder names shown in a message; the rest are counted
@@ -97,8 +98,7 @@ def check_batches(cfg, train_ds, world: int = 1) -> None:
     per_process = math.ceil(len(train_ds) / world)
     if per_process >= cfg.batch_size:
         return
-    mixing = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None
-    fit = per_process - (per_process % 2 if mixing else 0)  # batch mixup needs an even batch
+    fit = per_process - (per_process % 2 if mixing_on(cfg) else 0)  # batch mixup needs an even batch
     fix = f'--batch-size {fit} or less' if fit >= 1 else 'more training data'
     raise DataError(f'the training set of {cfg.data_dir} has {len(train_ds)} samples ({per_process} per process on '
                     f'{world}), fewer than one batch of batch_size {cfg.batch_size}: the loader drops the incomplete '

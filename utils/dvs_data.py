@@ -50,7 +50,7 @@ from utils.errors import DataError, UserError
 __all__ = ['build_dvs_datasets', 'DVSAugment', 'DVSFrames', 'split_cifar10dvs', 'DVS_DATASETS']
 
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-DVS_DATASETS = {'dvs128-gesture': 11, 'cifar10-dvs': 10}
+DVS_DATASETS = ('dvs128-gesture', 'cifar10-dvs')  # their class counts: utils.data.DATASETS
 _RAW_HINT = {
     'dvs128-gesture': ('DvsGesture.tar.gz (or its extracted DvsGesture/ folder) from '
                        'https://research.ibm.com/interactive/dvsgesture/'),
@@ -371,13 +371,7 @@ def build_dvs_datasets(cfg):
         raise UserError(f'--data-dir is required for {dataset}: the root prepared by '
                         f'{_prepare_command(dataset, "ROOT")}')
     root = os.path.expanduser(str(root))
-    T = int(_get(cfg, 'time_steps'))
-    if T < 1:
-        raise UserError(f'time_steps must be positive, not {T}')
-    num_classes = _get(cfg, 'num_classes')
-    if num_classes is not None and int(num_classes) != DVS_DATASETS[dataset]:
-        raise UserError(f'num_classes is {num_classes}, but {dataset} has {DVS_DATASETS[dataset]} classes: the model '
-                        f'needs one output per class.\nFix: --num-classes {DVS_DATASETS[dataset]}.')
+    T = int(_get(cfg, 'time_steps'))  # >= 1: the schema's bound; num_classes is checked by utils.data_checks
     _check_prepared(dataset, root)
     bases, frames = _spikingjelly_frames(dataset, root, T)
     augment = DVSAugment() if _get(cfg, 'dvs_augment', False) else None
