@@ -67,21 +67,29 @@ def _dtype_name(dtype: Optional[torch.dtype], none: str = 'off') -> str:
     return str(dtype).replace('torch.', '') if dtype else none
 
 
+def build_optimizer(model_or_params, cfg: Config):
+    """timm's optimizer of the config (given a model, timm exempts biases and normalisation from weight decay)."""
+    return create_optimizer_v2(model_or_params, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               eps=cfg.opt_eps)
+
+
+def build_schedule(optimizer, cfg: Config) -> tuple:
+    """``(scheduler, epochs including the cooldown)``: timm's schedule of the config, stepped once per epoch."""
+    return create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
+                               min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+
+
 def check_optimizer_and_schedule(cfg: Config) -> None:
     """``opt`` and ``sched`` name a timm optimizer and an epoch-stepped timm schedule: both are built and stepped
     once on a dummy parameter (timm decides what exists), so that a typo stops the run before any data is read."""
-    param = torch.nn.Parameter(torch.zeros(1))
     try:
-        optimizer = create_optimizer_v2([param], opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        eps=cfg.opt_eps)
+        optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
     except (ValueError, AssertionError, KeyError) as e:
         raise ConfigError(f"config key 'opt' is {cfg.opt!r}: timm cannot build it ({str(e).rstrip('.')}).\n"
                           f"Fix: --opt with a timm optimizer name, e.g. adamw, sgd, lamb "
                           f"(timm.optim.list_optimizers()).") from None
     try:
-        scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                           cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
-                                           warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+        scheduler, _ = build_schedule(optimizer, cfg)
         scheduler.step(1)  # stepped once per epoch, without a metric
     except (ValueError, AssertionError, TypeError, AttributeError) as e:
         raise ConfigError(f"config key 'sched' is {cfg.sched!r}: not a timm schedule this engine can step once per "
@@ -213,12 +221,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) \
             if initial_checkpoint else None
         model = model.to(device)
-        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        eps=cfg.opt_eps)
+        optimizer = build_optimizer(model, cfg)
         # created before a resume loads the optimizer state, so the schedule follows this run's config
-        scheduler, num_epochs = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                                    cooldown_epochs=cfg.cooldown_epochs, min_lr=cfg.min_lr,
-                                                    warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs)
+        scheduler, num_epochs = build_schedule(optimizer, cfg)
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         start_epoch, best_metric, best_epoch = 0, None, None
         if resume is not None:
