@@ -20,7 +20,7 @@ from PIL import Image
 
 from utils import checkpoint as run_checkpoint
 from utils.config import load_config
-from utils.data import build_loaders, digits
+from utils.data import build_loaders, digits, write_sample_files
 from utils.errors import EXIT_BAD_INPUT, run_cli
 from utils.main import SUMMARY_COLUMNS, train_main
 from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
@@ -272,7 +272,8 @@ def test_event_data_get_plain_loaders_and_batch_mixup(tmp_path, monkeypatch):
     monkeypatch.setattr(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (Frames(8), Frames(3)), raising=False)
     cfg = load_config(['--dataset', 'dvs128-gesture', '--batch-size', '4', '--workers', '0', '--mixup', '0.5',
                        '--mixup-prob', '1', '--output', str(tmp_path)])
-    train_loader, eval_loader, mixup_fn = build_loaders(cfg, output=str(tmp_path))
+    train_loader, eval_loader, mixup_fn = build_loaders(cfg)
+    write_sample_files(str(tmp_path), train_loader.dataset, eval_loader.dataset.dataset)
     images, targets = next(iter(train_loader))
     mixed, soft = mixup_fn(images, targets)
     assert mixed.shape == (4, 2, 2, 32, 32) and soft.shape == (4, 11)

@@ -272,21 +272,17 @@ def write_sample_files(output: str, train_ds, eval_ds) -> None:
                 f.writelines(f'{p}\n' for p in ds.sample_files)
 
 
-def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: int = 1, device=None,
-                  output: Optional[str] = None):
+def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: int = 1, device=None):
     """``(train_loader, eval_loader, mixup_fn)``; ``mixup_fn`` is the mixing object (None without mixing): the
     loader's collate function for images (:func:`mixes_in_loader`), a batch ``Mixup`` for the engine otherwise.
 
     The training loader shuffles (a ``DistributedSampler`` when ``distributed``: call ``set_epoch``) and drops the
-    last incomplete batch (batch mixup needs an even batch); with ``output`` set, the file lists of data sets that
-    have ``sample_files`` are written there (rank 0 only).
+    last incomplete batch (batch mixup needs an even batch).
     """
     resolve_data_config(cfg)
     train_ds, eval_ds = build_datasets(cfg)
     check_batches(cfg, train_ds, world)
     device = _device(device)
-    if output is not None and rank == 0:
-        write_sample_files(output, train_ds, eval_ds)
     if cfg.dataset in DVS_DATASETS:
         mixup_fn = build_mixup(cfg)
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if distributed else None
