@@ -20,7 +20,7 @@ from utils.config import (FLOATS, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, C
                           check_cross_keys, load_config)
 from utils.data import build_datasets
 from utils.dvs_data import CIFAR10DVS_CLASSES, build_dvs_datasets
-from utils.errors import EXIT_BAD_INPUT, DataError, UserError, run_cli
+from utils.errors import EXIT_BAD_INPUT, DataError, run_cli
 from utils.main import train_main
 
 REPO = Path(__file__).resolve().parents[1]
