@@ -63,6 +63,7 @@ def test_another_number_of_processes_must_keep_the_global_batch(one_epoch, tmp_p
     assert '--grad-accum-steps 2 keeps' in err and 'grad_accum_steps: run' not in err
     code, err = run(train_main, ['--resume', str(last), '--epochs', '2', '--batch-size', '32'], capsys)
     assert code == EXIT_BAD_INPUT and 'batch_size: run 16, now 32' in err  # the per-process batch stays protected
+    assert 'global batch (' not in err  # 32 x 1 x 1 is the run's global batch: only batch_size is listed
 
     train_main(['--resume', str(last), '--epochs', '2', '--grad-accum-steps', '2'])
     log = (last.parent / 'log.txt').read_text()
@@ -77,8 +78,8 @@ def test_a_global_batch_no_accumulation_keeps_is_explained(one_epoch):
     from utils.run_folder import check_same_recipe
     recorded = torch.load(one_epoch['run'] / 'last.pth.tar', weights_only=True)['args']
     cfg = load_config(['--resume', 'last.pth.tar'], base=recorded)
-    with pytest.raises(UserError, match='No --grad-accum-steps keeps the run\'s global batch of 48 with batch_size 16 '
-                                        'on 2 process'):
+    with pytest.raises(UserError, match=r'No --grad-accum-steps keeps the run\'s global batch with batch_size 16 on '
+                                        r'2 process\(es\): resume on a number of processes that divides 3'):
         check_same_recipe(recorded, cfg, world=2, recorded_world=3)
     assert check_same_recipe(recorded, cfg, world=3, recorded_world=3) is None
 

@@ -184,28 +184,29 @@ def check_same_recipe(recorded: Optional[Mapping], cfg: Config, world: int = 1,
     if recorded is None:
         return None
     differences = recipe_differences(recorded, cfg)
-    lines, note, fix = [], None, ''
+    batch_line, note, fix = None, None, ''
     if recorded_world is not None:
         differences = [d for d in differences if d[0] != 'grad_accum_steps']
         run = recorded_values(recorded)
         then = (run['batch_size'], recorded_world, run['grad_accum_steps'])
         now = (cfg.batch_size, world, cfg.grad_accum_steps)
         if then[0] * then[1] * then[2] != now[0] * now[1] * now[2]:
-            lines.append(f'  global batch (batch_size x processes x grad_accum_steps): run {_global_batch(*then)}, '
-                         f'now {_global_batch(*now)}')
-            target, per_step = then[0] * then[1] * then[2], now[0] * now[1]
-            fix = (f'\nOn {world} process(es), --grad-accum-steps {target // per_step} keeps the run\'s global batch '
-                   f'({_global_batch(now[0], world, target // per_step)}).' if target % per_step == 0 else
-                   f'\nNo --grad-accum-steps keeps the run\'s global batch of {target} with batch_size {now[0]} on '
-                   f'{world} process(es): resume on a number of processes that divides it.')
+            batch_line = (f'  global batch (batch_size x processes x grad_accum_steps): run {_global_batch(*then)}, '
+                          f'now {_global_batch(*now)}')
+            batches = then[1] * then[2]  # of the run's batch_size per optimizer step, which must stay
+            fix = (f'\nOn {world} process(es), --grad-accum-steps {batches // world} keeps the run\'s global batch '
+                   f'({_global_batch(then[0], world, batches // world)}).' if batches % world == 0 else
+                   f'\nNo --grad-accum-steps keeps the run\'s global batch with batch_size {then[0]} on {world} '
+                   f'process(es): resume on a number of processes that divides {batches}.')
         elif then != now:
             note = (f'global batch as the run\'s: {_global_batch(*now)} (batch_size x processes x '
                     f'grad_accum_steps; the run had {_global_batch(*then)})')
-    if not differences and not lines:
+    if not differences and batch_line is None:
         return note
-    lines = [f'  {name}: run {old!r}, now {new!r}' for name, old, new in differences[:_MAX_LISTED]] + lines
+    lines = [f'  {name}: run {old!r}, now {new!r}' for name, old, new in differences[:_MAX_LISTED]]
     if len(differences) > _MAX_LISTED:
         lines.append(f'  ... and {len(differences) - _MAX_LISTED} more')
+    lines += [batch_line] if batch_line else []
     free = ', '.join(k for k in MAY_CHANGE_ON_RESUME if k not in INVOCATION_KEYS and k != 'epochs')
     processes = '; so may the number of processes, with the global batch kept' if recorded_world is not None else ''
     raise UserError(f'cannot resume {cfg.resume} under another recipe: these keys differ from the run\'s '
