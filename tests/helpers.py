@@ -51,7 +51,7 @@ def run(main, argv, capsys=None) -> Tuple[int, str]:
     return e.value.code, err
 
 
-def refused(main, argv, capsys, *words: str) -> str:
+def refused(capsys, main, argv, *words: str) -> str:
     """``main(argv)`` run as a script runs it must stop with exit 2 and one screen: a message that starts with
     'error: ', has fewer than 25 lines, no traceback, and contains every one of ``words``. Returns the message."""
     code, err = run(main, argv, capsys)

@@ -132,7 +132,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, capsy
     last = (run_dir / 'last.pth.tar').read_bytes()
     # a loss that diverges in the resumed epoch (a resume cannot change --lr, a recipe key)
     monkeypatch.setattr('utils.main.train_loss_fn', lambda *_: lambda out, target: out.float().sum() * float('nan'))
-    refused(train_main, runs['base'] + ['--epochs', '4', '--resume', str(run_dir / 'last.pth.tar')], capsys,
+    refused(capsys, train_main, runs['base'] + ['--epochs', '4', '--resume', str(run_dir / 'last.pth.tar')],
             'NaN', 'last.pth.tar', '--lr')
     assert (run_dir / 'last.pth.tar').read_bytes() == last
     assert len(read_summary(run_dir)) == 2
@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, capsy
 
 def test_bad_inputs_give_a_message_and_exit_2(runs, tmp_path, capsys):
     def check(main, argv, *words):
-        refused(main, argv, capsys, *words)
+        refused(capsys, main, argv, *words)
 
     missing = str(tmp_path / 'nowhere')
     check(train_main, ['--config', CIFAR10_YML, '--data-dir', missing, '--output', str(tmp_path / 'run')] + TINY,
@@ -250,7 +250,8 @@ def test_event_data_get_plain_loaders_and_batch_mixup(tmp_path, monkeypatch):
     out = tmp_path / 'run'
     train_main(['--config', CIFAR10_YML, '--dataset', 'dvs128-gesture', '--model', 'spikingformer_dvs_2_256',
                 '--num-classes', '11', '--cutmix', '0', '--epochs', '1', '--cooldown-epochs', '0', '--output', str(out),
-                '-T', '2', '--batch-size', '4', '--val-batch-size', '4', '--workers', '0', '--amp', 'false'] + TINY_MODEL)
+                '-T', '2', '--batch-size', '4', '--val-batch-size', '4', '--workers', '0', '--amp', 'false']
+               + TINY_MODEL)
     assert read_summary(out)[0]['epoch'] == '0' and (out / 'train_files.txt').is_file()
 
 
@@ -258,4 +259,4 @@ def test_amp_on_cpu_is_bfloat16(runs, tmp_path, capsys):
     out = tmp_path / 'bf16'
     result = train_main(runs['base'] + ['--epochs', '1', '--amp', '--limit-train-batches', '1', '--output', str(out)])
     assert result['best_epoch'] == 0 and 'amp bfloat16' in (out / 'log.txt').read_text()
-    refused(train_main, runs['base'] + ['--amp', '--amp-dtype', 'float16', '--device', 'cpu'], capsys, 'bfloat16')
+    refused(capsys, train_main, runs['base'] + ['--amp', '--amp-dtype', 'float16', '--device', 'cpu'], 'bfloat16')

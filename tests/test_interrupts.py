@@ -3,8 +3,9 @@ training with them, building the frame cache, converting raw event data.
 
 Each case starts the script in its own process group and sends SIGINT to the whole group, as a terminal's Ctrl-C
 does (DataLoader workers and SpikingJelly's threads see it too), at an instant found by waiting for an observable
-event (a line of the script's output, the end of an import, a folder it creates), never after a fixed delay. A process killed by the default SIGINT action after its line was printed (a second Ctrl-C in the
-last moments of Python's shutdown, when no handler is left) counts as 130, as a shell reports it.
+event (a line of the script's output, the end of an import, a folder it creates), never after a fixed delay. A
+process killed by the default SIGINT action after its line was printed (a second Ctrl-C in the last moments of
+Python's shutdown, when no handler is left) counts as 130, as a shell reports it.
 """
 import os
 import re

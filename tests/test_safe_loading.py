@@ -1,6 +1,6 @@
 """No checkpoint runs code: a pickle payload is refused by every entry point (test.py, --resume,
---initial-checkpoint, energy_report.py, spike_report.py, models.load_checkpoint) unless --trust-checkpoint says otherwise; checkpoints as timm, the published code and this
-project write them load without it."""
+--initial-checkpoint, energy_report.py, spike_report.py, models.load_checkpoint) unless --trust-checkpoint says
+otherwise; checkpoints as timm, the published code and this project write them load without it."""
 import argparse
 import builtins
 import shutil
@@ -48,9 +48,9 @@ def _evil_copy(trained, folder: Path, marker: Path) -> Path:
     return path
 
 
-def _refused(main, argv, capsys, path):
+def _refused(capsys, main, argv, path):
     """Exit 2 with one screen naming the file, the blocked callable and the opt-in."""
-    refused(main, argv, capsys, str(path), 'io.open', '--trust-checkpoint')
+    refused(capsys, main, argv, str(path), 'io.open', '--trust-checkpoint')
 
 
 def test_a_payload_is_refused_by_every_entry_point(trained, tmp_path, capsys):
@@ -58,14 +58,14 @@ def test_a_payload_is_refused_by_every_entry_point(trained, tmp_path, capsys):
     evil = _evil_copy(trained, tmp_path / 'run', marker)
     args_yaml = (tmp_path / 'run' / 'args.yaml').read_bytes()
 
-    _refused(evaluate_main, ['--checkpoint', str(evil), '--output', str(tmp_path / 'test')], capsys, evil)
-    _refused(train_main, ['--resume', str(evil), '--epochs', '2'], capsys, evil)
+    _refused(capsys, evaluate_main, ['--checkpoint', str(evil), '--output', str(tmp_path / 'test')], evil)
+    _refused(capsys, train_main, ['--resume', str(evil), '--epochs', '2'], evil)
     assert (tmp_path / 'run' / 'args.yaml').read_bytes() == args_yaml
-    _refused(train_main, trained['base'] + ['--epochs', '1', '--initial-checkpoint', str(evil),
-                                            '--output', str(tmp_path / 'finetune')], capsys, evil)
+    _refused(capsys, train_main, trained['base'] + ['--epochs', '1', '--initial-checkpoint', str(evil),
+                                                    '--output', str(tmp_path / 'finetune')], evil)
     for script in ('energy_report', 'spike_report'):
-        _refused(load_script(script).main, ['--checkpoint', str(evil), '--limit-batches', '1',
-                                            '--output', str(tmp_path / script)], capsys, evil)
+        _refused(capsys, load_script(script).main, ['--checkpoint', str(evil), '--limit-batches', '1',
+                                                    '--output', str(tmp_path / script)], evil)
 
     model = timm.create_model('spikingformer_cifar_4_384', embed_dims=32, depths=1, num_heads=2, T=1)
     with pytest.raises(models.CheckpointError, match='io.open'):
@@ -132,7 +132,7 @@ def test_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys):
     empty = tmp_path / 'empty.pth.tar'
     empty.write_bytes(b'')
     for path in (text, empty):
-        err = refused(evaluate_main, ['--checkpoint', str(path)], capsys, str(path), 'corrupt')
+        err = refused(capsys, evaluate_main, ['--checkpoint', str(path)], str(path), 'corrupt')
         assert '--trust-checkpoint' not in err
 
 
@@ -148,8 +148,8 @@ def test_a_cifar_batch_with_a_payload_is_refused(tmp_path, capsys):
     marker = tmp_path / 'pwned'
     with open(batch, 'wb') as f:
         pickle.dump({**entry, 'data': np.asarray(entry['data'], dtype=np.uint8), 'x': Payload(marker)}, f)
-    refused(train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(tmp_path / 'run')]
-            + TINY + SCHEDULE + ['--epochs', '1'], capsys, 'data_batch_1', 'refused')
+    refused(capsys, train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(tmp_path / 'run')]
+            + TINY + SCHEDULE + ['--epochs', '1'], 'data_batch_1', 'refused')
     assert not marker.exists()
     assert not (tmp_path / 'run').exists()
 

@@ -62,7 +62,7 @@ def test_torchrun_variables_win_and_a_missing_address_is_a_message(monkeypatch, 
     monkeypatch.setenv('WORLD_SIZE', '1')  # a torchrun with one process inside a SLURM job: no rendezvous
     assert init_distributed(load_config(['--device', 'cpu'])).world == 1
     monkeypatch.delenv('WORLD_SIZE')
-    err = refused(train_main, ['--config', CIFAR10_YML, '--device', 'cpu'], capsys, 'task 1 of 2', 'MASTER_ADDR',
+    err = refused(capsys, train_main, ['--config', CIFAR10_YML, '--device', 'cpu'], 'task 1 of 2', 'MASTER_ADDR',
                   'SLURM_JOB_NODELIST')
     assert len(err.splitlines()) < 10
 
