@@ -3,9 +3,10 @@
     python scripts/prepare_dvs.py cifar10-dvs --raw RAW --root data/cifar10-dvs      (once)
     python cifar10-dvs/train.py [--config FILE.yml] [--data-dir ROOT] [--key value ...]
 
-Configs: cifar10dvs.yml (T=16) or cifar10dvs_t10.yml (T=10); keys: --help. ``--data-dir`` is the root prepared by scripts/prepare_dvs.py; frames are
-integrated once per T and cached there. The run folder gets train_files.txt / test_files.txt (the source
-events_np/*.npz of every training and test sample, in order), args.yaml, summary.csv, log.txt and the checkpoints.
+Configs: cifar10dvs.yml (T=16) or cifar10dvs_t10.yml (T=10); keys: --help. ``--data-dir`` is the root prepared by
+scripts/prepare_dvs.py; frames are integrated once per T and cached there. The run folder gets train_files.txt /
+test_files.txt (the source events_np/*.npz of every training and test sample, in order), args.yaml, summary.csv,
+log.txt and the checkpoints.
 
 Several processes: torchrun --nproc_per_node=N cifar10-dvs/train.py ... (or python -m torch.distributed.launch ...).
 """

@@ -2,7 +2,8 @@
 
     python dvs128-gesture/test.py --checkpoint PATH [--data-dir ROOT] [--output DIR] [--key value ...]
 
-A checkpoint written by train.py brings its own config (T, model, data); any other uses dvs128gesture.yml unless --config
+A checkpoint written by train.py brings its own config (T, model, data); any other uses dvs128gesture.yml unless
+--config
 says otherwise. Prints top-1, top-5 and the loss, and writes results.json (with ``samples``, the number of
 evaluated samples) into --output.
 """

@@ -3,9 +3,10 @@
     python scripts/prepare_dvs.py dvs128-gesture --raw RAW --root data/dvs128-gesture      (once)
     python dvs128-gesture/train.py [--config FILE.yml] [--data-dir ROOT] [--key value ...]
 
-Configs: dvs128gesture.yml (T=16) or dvs128gesture_t10.yml (T=10); keys: --help. ``--data-dir`` is the root prepared by scripts/prepare_dvs.py; frames are
-integrated once per T and cached there. The run folder gets train_files.txt / test_files.txt (the source
-events_np/*.npz of every training and test sample, in order), args.yaml, summary.csv, log.txt and the checkpoints.
+Configs: dvs128gesture.yml (T=16) or dvs128gesture_t10.yml (T=10); keys: --help. ``--data-dir`` is the root prepared
+by scripts/prepare_dvs.py; frames are integrated once per T and cached there. The run folder gets train_files.txt /
+test_files.txt (the source events_np/*.npz of every training and test sample, in order), args.yaml, summary.csv,
+log.txt and the checkpoints.
 
 Several processes: torchrun --nproc_per_node=N dvs128-gesture/train.py ... (or python -m torch.distributed.launch ...).
 """

@@ -527,7 +527,8 @@ def main(argv=None):
     ap.add_argument('--root', help='the prepared root to write (ROOT/events_np); pass it as --data-dir to train.py')
     ap.add_argument('--synthetic', action='store_true', help='write a tiny synthetic raw dataset into --raw first')
     ap.add_argument('--per-class', type=int, default=None,
-                    help='synthetic size: recordings (Gesture, default 8) or samples per class (CIFAR10-DVS, default 20)')
+                    help='synthetic size: recordings (Gesture, default 8) or samples per class '
+                         '(CIFAR10-DVS, default 20)')
     ap.add_argument('--seed', type=int, default=0, help='synthetic data seed')
     ap.add_argument('--workers', type=int, default=None, help='threads (default: CPUs, at most 8)')
     ap.add_argument('--force', action='store_true', help='rebuild ROOT/events_np even if it exists')

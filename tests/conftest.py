@@ -1,9 +1,8 @@
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 # The published code's outputs on tiny models (see tests/fixtures/README.md), inside the checkout so that a fresh
 # clone runs its tests with nothing beside it.
 FIXTURES = REPO / 'tests' / 'fixtures'

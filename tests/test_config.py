@@ -1,14 +1,12 @@
 """Config parsing and validation (the published recipes in the YAML files: tests/test_recipe.py)."""
-from pathlib import Path
-
 import pytest
 import timm
 import yaml
 
 import models  # noqa: F401  (registers the models)
+from helpers import REPO
 from utils.config import SCHEMA, ConfigError, Key, load_config, save_config
 
-REPO = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {'.venv', 'output', 'data', '.git', '.ci'}
 CONFIGS = sorted(p for p in REPO.rglob('*.yml') if not SKIP_DIRS & set(p.relative_to(REPO).parts))
 CIFAR = REPO / 'cifar10' / 'cifar10.yml'

@@ -2,51 +2,41 @@
 ``python -m torch.distributed.launch`` (which passes ``--local-rank``)."""
 import json
 import os
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from test_engine import TINY, evaluate_main, read_summary, run, write_cifar10
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def launcher(name: str) -> list:
-    if name == 'torchrun':
-        torchrun = Path(sys.executable).parent / 'torchrun'
-        return [str(torchrun)] if torchrun.exists() else [sys.executable, '-m', 'torch.distributed.run']
-    return [sys.executable, '-m', 'torch.distributed.launch']
+from helpers import REPO, TINY, launcher, on_a_free_port, read_summary, run, write_cifar10
+from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 
 
 @pytest.fixture(scope='module')
 def ddp_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('ddp')
-    data = write_cifar10(root / 'cifar', train_per_batch=16, test=41)  # 41: the ranks evaluate 21 + 20 samples
+    data = write_cifar10(root / 'cifar', 16, test=41)  # 41: the ranks evaluate 21 + 20 samples
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     runs = {}
     for name in ('torchrun', 'launch'):
         out = root / name
-        cmd = launcher(name) + ['--nproc_per_node=2', f'--master_port={free_port()}', 'cifar10/train.py',
-                                '--data-dir', str(data), '--output', str(out), '--epochs', '2', '--warmup-epochs', '2',
-                                '--cooldown-epochs', '0', '--device', 'cpu'] + TINY + ['--batch-size', '8']
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs[name] = dict(out=out, stdout=proc.stdout, data=data)
+
+        def start(port):
+            cmd = launcher(name) + ['--nproc_per_node=2', f'--master_port={port}', 'cifar10/train.py',
+                                    '--data-dir', str(data), '--output', str(out), '--epochs', '2',
+                                    '--warmup-epochs', '2', '--cooldown-epochs', '0', '--device', 'cpu'] + TINY + \
+                ['--batch-size', '8']
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            return [(proc.returncode, proc.stdout, proc.stderr)]
+
+        [(code, stdout, stderr)] = on_a_free_port(start)
+        assert code == 0, stdout[-3000:] + stderr[-3000:]
+        runs[name] = dict(out=out, stdout=stdout, data=data)
     return runs
 
 
 @pytest.mark.parametrize('name', ['torchrun', 'launch'])
-def test_two_processes_train_and_only_rank_0_writes(ddp_runs, name):
+def test_two_processes_train_into_one_run_folder(ddp_runs, name):
+    """Both launchers; that rank 1 writes nothing is checked file by file in test_slurm.py."""
     out, stdout = ddp_runs[name]['out'], ddp_runs[name]['stdout']
     rows = read_summary(out)
     assert [r['epoch'] for r in rows] == ['0', '1']

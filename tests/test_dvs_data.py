@@ -4,7 +4,6 @@ CIFAR10-DVS split and the per-sample augmentation.
 Raw recordings are written here byte by byte with struct (independently of the code under test); expected
 events and frames are computed here from the SPEC section 5 rules.
 """
-import importlib.util
 import io
 import math
 import os
@@ -18,14 +17,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import load_script
 from utils import aedat
 from utils.dvs_data import CIFAR10DVS_CLASSES, DVSAugment, build_dvs_datasets, split_cifar10dvs
 from utils.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('prepare_dvs', REPO / 'scripts' / 'prepare_dvs.py')
-prepare_dvs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare_dvs)
+prepare_dvs = load_script('prepare_dvs')
 
 
 # ----------------------------------------------------------------------------------------------- raw writers

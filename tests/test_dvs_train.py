@@ -1,21 +1,18 @@
 """End to end on tiny synthetic event data: prepare_dvs.py --synthetic, one epoch of each DVS train.py (the
 published recipe's config, shrunk: tiny model, T=2, a few batches), resume, then test.py and results.json."""
 import csv
-import importlib.util
 import json
 import math
 import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO, TINY_MODEL, load_script
 from utils import main as engine  # (not `from ... import test_main`: pytest would collect it)
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('prepare_dvs', REPO / 'scripts' / 'prepare_dvs.py')
-prepare_dvs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare_dvs)
+prepare_dvs = load_script('prepare_dvs')
+
 
 def run_script(monkeypatch, path, argv):
     """Run an entry point file as ``python path argv...`` would, in this process."""
@@ -27,9 +24,8 @@ def run_script(monkeypatch, path, argv):
 
 CONFIGS = {'dvs128-gesture': REPO / 'dvs128-gesture' / 'dvs128gesture.yml',
            'cifar10-dvs': REPO / 'cifar10-dvs' / 'cifar10dvs.yml'}
-TINY = ['-T', '2', '--embed-dims', '32', '--depths', '1', '--num-heads', '2', '--batch-size', '4',
-        '--val-batch-size', '8', '--workers', '0', '--cooldown-epochs', '0', '--warmup-epochs', '0', '--no-amp',
-        '--neuron-backend', 'torch']
+TINY = TINY_MODEL + ['-T', '2', '--batch-size', '4', '--val-batch-size', '8', '--workers', '0', '--cooldown-epochs',
+                     '0', '--warmup-epochs', '0', '--no-amp', '--neuron-backend', 'torch']
 
 
 @pytest.fixture(scope='module')
@@ -80,7 +76,8 @@ def test_one_epoch_then_resume_then_test_py(synthetic_roots, tmp_path, monkeypat
     assert [int(r['epoch']) for r in rows] == [0, 1]
 
     out = tmp_path / 'test'
-    run_script(monkeypatch, REPO / dataset / 'test.py', ['--checkpoint', str(run / 'last.pth.tar'), '--output', str(out)])
+    run_script(monkeypatch, REPO / dataset / 'test.py',
+               ['--checkpoint', str(run / 'last.pth.tar'), '--output', str(out)])
     saved = json.loads((out / 'results.json').read_text())
     assert saved['samples'] == len(test_files)
     assert saved['dataset'] == dataset

@@ -3,11 +3,11 @@ groups, and a figure on a log scale in the title's unit with every bar's share p
 import re
 
 import pytest
-import timm
 import torch
 
 import energy
 import models
+from conftest import reference_model
 from energy.plot import energy_figure, group_runs
 from energy.report import EnergyReport, LayerEnergy, mj, percent, share, si
 
@@ -49,7 +49,7 @@ def test_figure_is_log_scale_in_the_title_unit():
     fig = energy_figure(_report(), title='toy')
     energy_ax, rate_ax = fig.axes[:2]
     assert energy_ax.get_xscale() == 'log'
-    assert '50.41 µJ per sample' in fig._suptitle.get_text() and '(µJ, log scale)' in energy_ax.get_xlabel()
+    assert '50.41 µJ per sample' in fig.get_suptitle() and '(µJ, log scale)' in energy_ax.get_xlabel()
     widths = sorted(p.get_width() + p.get_x() for p in energy_ax.patches[:4])  # bar ends, in µJ
     assert widths[-1] == pytest.approx(41.4, rel=1e-9)  # the stem: 9e6 MACs x 4.6 pJ
     labels = [t.get_text() for t in energy_ax.texts]
@@ -60,8 +60,7 @@ def test_figure_is_log_scale_in_the_title_unit():
 
 
 def test_groups_of_a_spikingformer(reference):
-    model = timm.create_model('Spikingformer', **reference['kwargs'])
-    model.load_state_dict(models.checkpoint_filter_fn(reference['state_dict'], model), strict=True)
+    model = reference_model(reference)
     report = energy.estimate_energy(model, [reference['input']])
     runs = group_runs([layer.name for layer in report.layers], report.groups)
     assert [(group, last - first + 1) for group, first, last in runs] == \

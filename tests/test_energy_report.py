@@ -1,6 +1,5 @@
 """scripts/energy_report.py on a tiny model and the digits data set: the three report files, and the same
 accuracy as a plain evaluation of the same batches (the report does not change the model's outputs)."""
-import importlib.util
 import itertools
 import json
 
@@ -11,32 +10,20 @@ import yaml
 
 import energy
 import models
+from helpers import IMAGENET_YML, TINY_DIGITS_CONFIG, load_script
 from utils.config import load_config
 from utils.data import build_eval_loader
 from utils.engine import evaluate
 from utils.errors import UserError
-
-REPO = __import__('pathlib').Path(__file__).resolve().parents[1]
-TINY = dict(model='spikingformer_cifar_4_256', num_classes=10, time_steps=2, num_heads=2, embed_dims=32, depths=1,
-            dataset='digits', img_size=16, batch_size=32, val_batch_size=40, workers=0, amp=False,
-            neuron_backend='torch', device='cpu')
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location('energy_report', REPO / 'scripts' / 'energy_report.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
     """A config file and a checkpoint (with BatchNorm biases that make the neurons fire) of a tiny model."""
     root = tmp_path_factory.mktemp('energy_report')
     config = root / 'tiny.yml'
-    config.write_text(yaml.safe_dump(TINY))
+    config.write_text(yaml.safe_dump(TINY_DIGITS_CONFIG))
     torch.manual_seed(0)
-    model = timm.create_model(TINY['model'], num_classes=10, T=2, num_heads=2, embed_dims=32, depths=1)
+    model = timm.create_model(TINY_DIGITS_CONFIG['model'], num_classes=10, T=2, num_heads=2, embed_dims=32, depths=1)
     for m in model.modules():
         if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             m.bias.data.uniform_(0.2, 1.5)
@@ -48,8 +35,8 @@ def tiny_run(tmp_path_factory):
 def test_report_files(tiny_run):
     config, checkpoint, root = tiny_run
     out = root / 'report'
-    result = _script().main(['--config', str(config), '--checkpoint', str(checkpoint), '--limit-batches', '2',
-                             '--output', str(out)])
+    result = load_script('energy_report').main(['--config', str(config), '--checkpoint', str(checkpoint),
+                                                '--limit-batches', '2', '--output', str(out)])
     data = json.loads((out / 'energy.json').read_text())
     assert {'mac_ops', 'ac_ops', 'energy_mj', 'samples', 'top1', 'layers', 'attention'} <= set(data)
     assert data['samples'] == 80 and data['run']['batches'] == 2 and data['paper'] is None
@@ -63,7 +50,7 @@ def test_report_files(tiny_run):
 
     # the same accuracy as the engine's plain evaluation of the same two batches
     cfg = load_config(['--config', str(config)])
-    model = timm.create_model(TINY['model'], num_classes=10, T=2, num_heads=2, embed_dims=32, depths=1)
+    model = timm.create_model(TINY_DIGITS_CONFIG['model'], num_classes=10, T=2, num_heads=2, embed_dims=32, depths=1)
     models.load_checkpoint(model, str(checkpoint))
     metrics = evaluate(model, build_eval_loader(cfg), torch.device('cpu'), limit_batches=2)
     assert result['report'].top1 == pytest.approx(metrics['top1'], abs=1e-9)
@@ -75,16 +62,16 @@ def test_float32_unless_asked(tiny_run):
     """The config's training AMP is not applied (the published calculator runs float32); --precision amp is."""
     config, checkpoint, root = tiny_run
     common = ['--config', str(config), '--checkpoint', str(checkpoint), '--limit-batches', '1', '--amp']
-    _script().main(common + ['--output', str(root / 'fp32')])
+    load_script('energy_report').main(common + ['--output', str(root / 'fp32')])
     assert json.loads((root / 'fp32' / 'energy.json').read_text())['run']['amp_dtype'] is None
-    _script().main(common + ['--precision', 'amp', '--output', str(root / 'amp')])
+    load_script('energy_report').main(common + ['--precision', 'amp', '--output', str(root / 'amp')])
     data = json.loads((root / 'amp' / 'energy.json').read_text())
     assert data['run']['amp_dtype'] == 'bfloat16' and data['samples'] == 40 and data['ac_ops'] > 0
 
 
 def test_published_row_is_recognised():
-    script = _script()
-    cfg = load_config(['--config', str(REPO / 'imagenet' / 'imagenet.yml')])
+    script = load_script('energy_report')
+    cfg = load_config(['--config', IMAGENET_YML])
     model = type('M', (), dict(embed_dims=768, depths=8, num_heads=8, T=4, num_classes=1000))
     assert script.published_row(cfg, model).energy_mj == 13.68
     model.num_heads = 12
@@ -94,4 +81,4 @@ def test_published_row_is_recognised():
 def test_requires_a_checkpoint(tiny_run):
     config, _, root = tiny_run
     with pytest.raises(UserError, match='--checkpoint'):
-        _script().main(['--config', str(config), '--output', str(root / 'x')])
+        load_script('energy_report').main(['--config', str(config), '--output', str(root / 'x')])

@@ -11,14 +11,14 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from test_engine import CIFAR10_YML, run
+from helpers import CIFAR10_YML, TINY_MODEL, refused
 from utils.config import load_config
 from utils.engine import accumulation_group_size, train_loss_fn, train_one_epoch
-from utils.errors import EXIT_BAD_INPUT, NonFiniteLossError
+from utils.errors import NonFiniteLossError
 from utils.factory import build_model
 from utils.main import train_main
 
-TINY = ['--embed-dims', '32', '--depths', '1', '--num-heads', '2', '-T', '1', '--img-size', '16', '--num-classes', '10']
+MODEL_ARGS = TINY_MODEL + ['-T', '1', '--img-size', '16', '--num-classes', '10']
 B = 4
 
 
@@ -51,7 +51,7 @@ class CountingEma:
 @pytest.fixture(scope='module')
 def setup():
     torch.manual_seed(0)
-    model = FrozenBatchNormStatistics(build_model(load_config(TINY)))
+    model = FrozenBatchNormStatistics(build_model(load_config(MODEL_ARGS)))
     images, targets = torch.randn(5 * B, 3, 16, 16), torch.randint(0, 10, (5 * B,))
     return model, images, targets
 
@@ -126,7 +126,6 @@ def test_non_finite_loss_stops_before_the_group_steps(setup):
 
 
 def test_fewer_than_one_step_is_refused(tmp_path, capsys):
-    code, err = run(train_main, ['--config', CIFAR10_YML, '--grad-accum-steps', '0', '--output', str(tmp_path / 'r')],
-                    capsys)
-    assert code == EXIT_BAD_INPUT and '--grad-accum-steps' in err and 'Traceback' not in err
+    refused(capsys, train_main, ['--config', CIFAR10_YML, '--grad-accum-steps', '0', '--output', str(tmp_path / 'r')],
+            '--grad-accum-steps')
     assert not (tmp_path / 'r').exists()

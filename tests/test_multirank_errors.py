@@ -8,9 +8,7 @@ import sys
 import pytest
 import torch
 
-from test_distributed import free_port, launcher
-from test_engine import CIFAR10_YML, REPO, TINY, run, write_cifar10
-from test_slurm import LAUNCH_VARIABLES
+from helpers import CIFAR10_YML, LAUNCH_VARIABLES, REPO, TINY, free_port, launcher, run, write_cifar10
 from utils.errors import EXIT_BAD_INPUT
 from utils.main import train_main
 
@@ -62,7 +60,7 @@ def one_message(results, *parts) -> str:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    return write_cifar10(tmp_path_factory.mktemp('cifar'), train_per_batch=16, test=16)
+    return write_cifar10(tmp_path_factory.mktemp('cifar'), 16, test=16)
 
 
 def test_a_non_empty_output_stops_every_process(data, tmp_path):

@@ -1,13 +1,7 @@
 """Recipe fidelity: every published row resolves to the effective published recipe (SPEC section 4, "What the
 published runs actually did"), and the behaviours behind it: mixing order, mixup schedule, evaluation precision,
-BatchNorm statistics across ranks, DVS augmentation bins, and the neuron's tau rounding."""
-import json
+DVS augmentation bins, and the neuron's tau rounding."""
 import os
-import pickle
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,15 +11,13 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 import models
-from test_engine import write_cifar10
+from helpers import CIFAR10_YML, REPO, TINY_MODEL, write_cifar10
 from utils import main as main_module
 from utils.config import load_config
 from utils.data import build_loaders, mixes_in_loader, resolve_data_config, set_mixup_epoch
 from utils.dvs_data import DVSAugment
 from utils.engine import train_loss_fn
 from utils.factory import build_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ every published row, pinned with its source
 # Sources: "YAML" = the published imagenet/imagenet.yml, cifar10/cifar10.yml or cifar100/cifar100.yml; "ARG" = an
@@ -149,7 +141,7 @@ def soft_targets_are_mixed(targets: torch.Tensor, smoothing: float = 0.1) -> boo
 
 
 def test_cifar_configs_mix_at_epoch_250_and_the_switch_reaches_the_workers(tmp_path):
-    data = write_cifar10(tmp_path / 'cifar', train_per_batch=8, test=4)
+    data = write_cifar10(tmp_path / 'cifar', 8, test=4)
     argv = ['--data-dir', str(data), '--workers', '1', '--batch-size', '16', '--aa', 'null']
     for config in ('cifar10.yml', 'cifar100_4_384.yml'):
         cfg = load_config(argv + ['--dataset', 'cifar10', '--num-classes', '10'], str(REPO / 'cifar10' / config))
@@ -158,7 +150,7 @@ def test_cifar_configs_mix_at_epoch_250_and_the_switch_reaches_the_workers(tmp_p
         set_mixup_epoch(mixup_fn, cfg, 250)
         assert soft_targets_are_mixed(next(iter(train_loader))[1]), config  # mixed in the cooldown too
     # what the published YAML intended: off from epoch 200, in the worker process of a fresh iterator each epoch
-    cfg = load_config(argv + ['--mixup-off-epoch', '200'], str(REPO / 'cifar10' / 'cifar10.yml'))
+    cfg = load_config(argv + ['--mixup-off-epoch', '200'], CIFAR10_YML)
     train_loader, _, mixup_fn = build_loaders(cfg)
     for epoch, mixed in ((199, True), (200, False), (250, False)):
         set_mixup_epoch(mixup_fn, cfg, epoch)
@@ -174,33 +166,21 @@ def test_image_batches_are_not_mixed_twice(tmp_path, monkeypatch):
         raise AssertionError('an image batch was mixed again in the main process')
 
     monkeypatch.setattr(Mixup, '__call__', forbidden)  # FastCollateMixup has its own __call__
-    data = write_cifar10(tmp_path / 'cifar', train_per_batch=8, test=8)
+    data = write_cifar10(tmp_path / 'cifar', 8, test=8)
     result = main_module.train_main(
-        ['--config', str(REPO / 'cifar10' / 'cifar10.yml'), '--data-dir', str(data), '--output', str(tmp_path / 'r'),
-         '--embed-dims', '16', '--depths', '1', '--num-heads', '1', '-T', '1', '--img-size', '16', '--batch-size',
-         '8', '--workers', '0', '--no-amp', '--epochs', '1', '--cooldown-epochs', '0', '--limit-train-batches', '1'])
+        ['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(tmp_path / 'r'), '-T', '1', '--img-size',
+         '16', '--batch-size', '8', '--workers', '0', '--no-amp', '--epochs', '1', '--cooldown-epochs', '0',
+         '--limit-train-batches', '1'] + TINY_MODEL)
     assert result['best_epoch'] == 0
-
-
-def write_flat_cifar10(root: Path, levels) -> Path:
-    """CIFAR-10 pickles whose images are each one flat grey level."""
-    folder = root / 'cifar-10-batches-py'
-    folder.mkdir(parents=True)
-    images = np.repeat(np.asarray(levels, np.uint8)[:, None], 3 * 32 * 32, axis=1)
-    labels = [i % 10 for i in range(len(levels))]
-    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
-        with open(folder / name, 'wb') as f:
-            pickle.dump({'data': images, 'labels': labels}, f)
-    return root
 
 
 def test_random_erasing_comes_after_mixing(tmp_path):
     """As published: mix the uint8 batch, normalise, then erase, so an erased box holds exactly the constant fill (0
     after normalisation). Erasing each sample before mixing would blend its box with the partner image."""
     levels = np.linspace(20, 230, 16).round()
-    data = write_flat_cifar10(tmp_path, levels)
+    data = write_cifar10(tmp_path, flat_levels=levels)
     cfg = load_config(['--data-dir', str(data), '--workers', '0', '--batch-size', '16', '--aa', 'null',
-                       '--hflip', '0', '--reprob', '1'], str(REPO / 'cifar10' / 'cifar10.yml'))
+                       '--hflip', '0', '--reprob', '1'], CIFAR10_YML)
     train_loader, _, _ = build_loaders(cfg)
     images, targets = next(iter(train_loader))
     assert soft_targets_are_mixed(targets)
@@ -284,47 +264,8 @@ def test_event_data_evaluate_in_float32_under_an_amp_config(tmp_path, monkeypatc
     assert seen['eval'] == {(False, torch.float32)}
 
 
-# ------------------------------------------------------------------ BatchNorm statistics across ranks
-RANK_SCRIPT = r'''
-import json, sys, torch, torch.distributed as dist
-from utils.config import load_config
-from utils.distributed import sync_bn_stats
-from utils.factory import build_model
-dist.init_process_group('gloo')
-rank, world = dist.get_rank(), dist.get_world_size()
-cfg = load_config(['--embed-dims', '16', '--depths', '1', '--num-heads', '1', '-T', '1'])
-out = {}
-for mode in (cfg.dist_bn, 'reduce'):  # the engine's default first
-    model = build_model(cfg)
-    for name, buf in model.named_buffers():
-        if 'running_' in name:
-            buf.fill_(rank + 1.0)  # rank 0 holds 1, rank 1 holds 2
-    sync_bn_stats(model, mode, world)
-    out[mode] = sorted({buf.item() for n, b in model.named_buffers() if 'running_' in n for buf in b.flatten()})
-print(json.dumps(dict(default=cfg.dist_bn, **out)))
-dist.destroy_process_group()
-'''
-
-
-def test_two_gloo_ranks_evaluate_with_rank_0_batchnorm_statistics_by_default():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-                   OMP_NUM_THREADS='1', PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
-        procs.append(subprocess.Popen([sys.executable, '-c', RANK_SCRIPT], cwd=REPO, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-3000:]
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
-    for result in results:
-        assert result['default'] == 'broadcast'
-        assert result['broadcast'] == [1.0]  # rank 0's statistics on every rank: nothing averaged
-        assert result['reduce'] == [1.5]  # the option: the average of both ranks
+# BatchNorm statistics across ranks: rank 0's by default, the average with --dist-bn reduce, in a 2-process training
+# run (tests/test_slurm.py::test_batchnorm_statistics_are_rank_0s_by_default).
 
 
 # ------------------------------------------------------------------ DVS augmentation magnitudes
@@ -390,7 +331,6 @@ def test_tau_division_against_the_cupy_reciprocal(capsys):
                                    models.fused_lif.fused_lif(inputs, 2.0, lif.v_threshold))
         first = seen['patch_embed.stages.0.lif'][1][0]
         assert ((first / 1.5) != first * torch.tensor(1 / 1.5)).float().mean() > 0.2  # the arithmetic does differ
-        del seen
     assert steps >= draws * samples * 2e7 and flips_mul / steps < 1e-6 and flips_fma / steps < 1e-6
     with capsys.disabled():
         print(f'\ntau 1.5, {steps:,} neuron steps: {flips_mul} spikes differ (multiply, then add), '

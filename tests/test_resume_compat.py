@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from test_engine import CIFAR10_YML, TINY, run, write_cifar10
+from helpers import CIFAR10_YML, TINY, run, write_cifar10
 from utils.errors import EXIT_BAD_INPUT
 from utils.main import train_main
 

@@ -5,26 +5,24 @@ Runs of a tiny model on synthetic CIFAR pickles (as tests/test_engine.py); the k
 (no interpreter start-up) and SIGKILL the child at one step of the save sequence, then resume in the parent and
 compare with an uninterrupted run.
 """
-import csv
-import importlib.util
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from test_engine import CIFAR10_YML, SCHEDULE, TINY, run, write_cifar10
+from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, read_summary, refused, run, write_cifar10
 from utils import run_folder
 from utils.config import SCHEMA, Key, load_config
 from utils.errors import EXIT_BAD_INPUT
 from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 from utils.main import train_main
 
-REPO = Path(__file__).resolve().parents[1]
-
+KILLED_CHILD_TIMEOUT = 300  # seconds for a forked training to reach its kill point (it takes about one)
 
 
 @pytest.fixture(scope='module')
@@ -42,27 +40,13 @@ def snapshot(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def summary(folder: Path) -> list:
-    with open(folder / 'summary.csv', newline='') as f:
-        return list(csv.DictReader(f))
-
-
-def check_error(capsys, main, argv, *words) -> str:
-    code, err = run(main, argv, capsys)
-    assert code == EXIT_BAD_INPUT, err
-    assert 'Traceback' not in err and err.startswith('error: ') and len(err.splitlines()) < 25, err
-    for word in words:
-        assert word in err, (word, err)
-    return err
-
-
 def assert_same_run(folder: Path, reference: Path):
     """The resumed run equals the uninterrupted one: last weights, summary, best epoch and its weights."""
     last, ref_last = (torch.load(p / 'last.pth.tar', weights_only=True) for p in (folder, reference))
     assert last['epoch'] == ref_last['epoch'] and last['best_epoch'] == ref_last['best_epoch']
     for key, value in ref_last['state_dict'].items():
         torch.testing.assert_close(last['state_dict'][key], value, rtol=0, atol=1e-6, msg=key)
-    assert summary(folder) == summary(reference)
+    assert read_summary(folder) == read_summary(reference)
     best, ref_best = (torch.load(p / 'model_best.pth.tar', weights_only=True) for p in (folder, reference))
     assert best['epoch'] == ref_best['epoch'] == ref_last['best_epoch']
     for key, value in ref_best['state_dict'].items():
@@ -76,13 +60,13 @@ def test_a_fresh_run_refuses_a_non_empty_output(runs, tmp_path, capsys):
     folder = tmp_path / 'run'
     shutil.copytree(runs['two'], folder)
     before = snapshot(folder)
-    check_error(capsys, train_main, runs['base'] + ['--epochs', '3', '--output', str(folder)],
-                'not empty', f'--resume {folder / "last.pth.tar"}', 'another --output')
+    refused(capsys, train_main, runs['base'] + ['--epochs', '3', '--output', str(folder)],
+            'not empty', f'--resume {folder / "last.pth.tar"}', 'another --output')
     assert snapshot(folder) == before
     stray = tmp_path / 'stray'
     stray.mkdir()
     (stray / 'notes.txt').write_text('mine')
-    check_error(capsys, train_main, runs['base'] + ['--output', str(stray)], 'notes.txt', 'no checkpoint')
+    refused(capsys, train_main, runs['base'] + ['--output', str(stray)], 'notes.txt', 'no checkpoint')
     assert os.listdir(stray) == ['notes.txt']
 
 
@@ -111,12 +95,12 @@ def test_resume_stays_in_its_folder(runs, tmp_path, capsys):
     folder = tmp_path / 'run'
     shutil.copytree(runs['two'], folder)
     before = snapshot(folder)
-    check_error(capsys, train_main, ['--resume', str(folder / 'last.pth.tar'), '--output', str(tmp_path / 'other')],
-                'different folders', str(folder))
+    refused(capsys, train_main, ['--resume', str(folder / 'last.pth.tar'), '--output', str(tmp_path / 'other')],
+            'different folders', str(folder))
     assert not (tmp_path / 'other').exists()
     # another checkpoint file of the folder: continuing from it would overwrite the later last.pth.tar
     shutil.copyfile(folder / 'last.pth.tar', folder / 'epoch1.pth.tar')
-    check_error(capsys, train_main, ['--resume', str(folder / 'epoch1.pth.tar')], 'would overwrite', 'last.pth.tar')
+    refused(capsys, train_main, ['--resume', str(folder / 'epoch1.pth.tar')], 'would overwrite', 'last.pth.tar')
     (folder / 'epoch1.pth.tar').unlink()
     assert snapshot(folder) == before
 
@@ -130,8 +114,8 @@ def test_resume_refuses_another_recipe(runs, tmp_path, capsys, change, words):
     folder = tmp_path / 'run'
     shutil.copytree(runs['two'], folder)
     before = snapshot(folder)
-    err = check_error(capsys, train_main, ['--resume', str(folder / 'last.pth.tar'), '--epochs', '3'] + change,
-                      'another recipe', *words)
+    err = refused(capsys, train_main, ['--resume', str(folder / 'last.pth.tar'), '--epochs', '3'] + change,
+                  'another recipe', *words)
     assert 'epochs' in err.splitlines()[-1] and 'workers' in err  # what may change is said
     assert snapshot(folder) == before  # args.yaml included
 
@@ -140,8 +124,8 @@ def test_a_failing_start_leaves_the_folder_alone(runs, tmp_path, capsys):
     folder = tmp_path / 'run'
     shutil.copytree(runs['two'], folder)
     before = snapshot(folder)
-    check_error(capsys, train_main, ['--resume', str(folder / 'last.pth.tar'), '--epochs', '3',
-                                     '--data-dir', str(tmp_path / 'moved')], 'moved')
+    refused(capsys, train_main, ['--resume', str(folder / 'last.pth.tar'), '--epochs', '3',
+                                 '--data-dir', str(tmp_path / 'moved')], 'moved')
     assert snapshot(folder) == before
 
 
@@ -200,7 +184,16 @@ def _train_and_kill(argv, function, written, n, when):
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + KILLED_CHILD_TIMEOUT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f'the forked training did not reach its kill point within {KILLED_CHILD_TIMEOUT} s')
+        time.sleep(0.05)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
 
 
@@ -244,25 +237,25 @@ def test_a_stale_best_is_repaired_or_reported(runs, tmp_path):
 def test_an_output_that_is_a_file_or_not_writable(runs, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / 'file'
     blocker.write_text('keep me')
-    check_error(capsys, train_main, runs['base'] + ['--output', str(blocker)], 'is a file')
-    check_error(capsys, train_main, runs['base'] + ['--output', str(blocker / 'run')], 'is a file')
-    check_error(capsys, evaluate_main, ['--checkpoint', str(runs['two'] / 'last.pth.tar'), '--output', str(blocker)],
-                'is a file')
+    refused(capsys, train_main, runs['base'] + ['--output', str(blocker)], 'is a file')
+    refused(capsys, train_main, runs['base'] + ['--output', str(blocker / 'run')], 'is a file')
+    refused(capsys, evaluate_main, ['--checkpoint', str(runs['two'] / 'last.pth.tar'), '--output', str(blocker)],
+            'is a file')
     assert blocker.read_text() == 'keep me'
 
     def read_only(*args, **kwargs):
         raise OSError(30, 'Read-only file system')
 
     monkeypatch.setattr(run_folder.tempfile, 'mkstemp', read_only)
-    check_error(capsys, train_main, runs['base'] + ['--output', str(tmp_path / 'ro')], 'Read-only', 'cannot be written')
+    refused(capsys, train_main, runs['base'] + ['--output', str(tmp_path / 'ro')], 'Read-only', 'cannot be written')
     assert not (tmp_path / 'ro').exists()
 
 
 def test_a_full_disk_is_found_before_training(runs, tmp_path, capsys, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(run_folder.shutil, 'disk_usage', lambda path: usage._replace(free=10_000))
-    check_error(capsys, train_main, runs['base'] + ['--output', str(tmp_path / 'run')], 'not enough free space',
-                '9.8 KiB free')
+    refused(capsys, train_main, runs['base'] + ['--output', str(tmp_path / 'run')], 'not enough free space',
+            '9.8 KiB free')
     assert not (tmp_path / 'run').exists()
     size = run_folder.checkpoint_size_estimate(*_model_and_optimizer())
     actual = (runs['two'] / 'last.pth.tar').stat().st_size
@@ -291,21 +284,14 @@ def test_disk_full_during_a_save(runs, tmp_path, capsys, monkeypatch):
         raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\n' + 'frame\n' * 35)
 
     monkeypatch.setattr(torch, 'save', save_until_full)
-    err = check_error(capsys, train_main, runs['base'] + ['--epochs', '3', '--output', str(folder)],
-                      'cannot write', 'epoch 1 was not saved', 'left as it was', f'--resume {folder / "last.pth.tar"}')
+    err = refused(capsys, train_main, runs['base'] + ['--epochs', '3', '--output', str(folder)],
+                  'cannot write', 'epoch 1 was not saved', 'left as it was', f'--resume {folder / "last.pth.tar"}')
     assert 'frame' not in err
     monkeypatch.undo()
     assert torch.load(folder / 'last.pth.tar', weights_only=True)['epoch'] == 0
     assert not [p for p in os.listdir(folder) if '.tmp' in p]
     train_main(runs['base'] + ['--epochs', '3', '--resume', str(folder / 'last.pth.tar')])
     assert_same_run(folder, runs['straight'])
-
-
-def _energy_report():
-    spec = importlib.util.spec_from_file_location('energy_report', REPO / 'scripts' / 'energy_report.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_evaluations_print_before_they_write(runs, tmp_path, capsys):
@@ -317,7 +303,8 @@ def test_evaluations_print_before_they_write(runs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == EXIT_BAD_INPUT and 'top-1' in captured.out, captured
     assert 'results.json' in captured.err and 'not saved' in captured.err and 'Traceback' not in captured.err
-    code, _ = run(_energy_report().main, ['--checkpoint', best, '--limit-batches', '1', '--output', str(out)])
+    code, _ = run(load_script('energy_report').main,
+                  ['--checkpoint', best, '--limit-batches', '1', '--output', str(out)])
     captured = capsys.readouterr()
     assert code == EXIT_BAD_INPUT and ' AC, ' in captured.out and 'per sample' in captured.out, captured
     assert 'energy.json' in captured.err and 'not saved' in captured.err and 'Traceback' not in captured.err

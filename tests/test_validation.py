@@ -5,7 +5,6 @@ events, timestamps in no order, a recording cut at a packet boundary) and damage
 command that repairs them, also when a DataLoader worker meets them)."""
 import json
 import math
-import pickle
 import struct
 import zipfile
 from pathlib import Path
@@ -15,29 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import CIFAR10_YML, IMAGENET_YML, REPO, TINY, load_script, refused, write_cifar10
 from utils import aedat
 from utils.config import (FLOATS, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, ConfigError, Key,
                           check_cross_keys, load_config)
 from utils.data import build_datasets
 from utils.dvs_data import CIFAR10DVS_CLASSES, build_dvs_datasets
-from utils.errors import EXIT_BAD_INPUT, DataError, run_cli
+from utils.errors import EXIT_BAD_INPUT, DataError
 from utils.main import train_main
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR10_YML = str(REPO / 'cifar10' / 'cifar10.yml')
-IMAGENET_YML = str(REPO / 'imagenet' / 'imagenet.yml')
 CONFIGS = sorted(p for p in REPO.glob('*/*.yml'))
-TINY = ['--embed-dims', '32', '--depths', '1', '--num-heads', '2', '-T', '1', '--img-size', '16', '--batch-size', '4',
-        '--val-batch-size', '4', '--workers', '0', '--amp', 'false', '--epochs', '1', '--cooldown-epochs', '0']
-
-
-def cli(main, argv, capsys):
-    """``run_cli`` as the scripts call it: (exit code, stderr); the message is one screen and no traceback."""
-    with pytest.raises(SystemExit) as e:
-        run_cli(main, argv)
-    err = capsys.readouterr().err
-    assert 'Traceback' not in err and len(err.splitlines()) < 25, err
-    return e.value.code, err
+ONE_EPOCH = TINY + ['--batch-size', '4', '--val-batch-size', '4', '--epochs', '1', '--cooldown-epochs', '0']
 
 
 # ----------------------------------------------------------------------------------------------- config values
@@ -176,36 +163,19 @@ def test_consistent_keys_pass(argv):
 ])
 def test_train_py_refuses_bad_values_before_anything_runs(tmp_path, capsys, argv, key):
     out = tmp_path / 'run'
-    code, err = cli(train_main, ['--config', CIFAR10_YML, '--data-dir', str(tmp_path / 'nowhere'),
-                                 '--output', str(out)] + argv, capsys)
-    assert code == EXIT_BAD_INPUT and err.startswith('error: ') and key in err and 'Fix:' in err
+    refused(capsys, train_main, ['--config', CIFAR10_YML, '--data-dir', str(tmp_path / 'nowhere'),
+                                 '--output', str(out)] + argv, key, 'Fix:')
     assert not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------- data vs config
 
-def write_cifar10(root: Path, labels_per_batch=(16,) * 5, test=8, label_max=9) -> Path:
-    """CIFAR-10 python pickles: training batches of the given sizes and a test batch."""
-    rng = np.random.default_rng(0)
-    folder = root / 'cifar-10-batches-py'
-    folder.mkdir(parents=True)
-
-    def batch(n):
-        return {'data': rng.integers(0, 256, (n, 3 * 32 * 32)).astype(np.uint8),
-                'labels': rng.integers(0, label_max + 1, n).tolist()}
-
-    for i, n in enumerate(labels_per_batch, start=1):
-        (folder / f'data_batch_{i}').write_bytes(pickle.dumps(batch(n)))
-    (folder / 'test_batch').write_bytes(pickle.dumps(batch(test)))
-    return root
-
-
 def test_num_classes_must_match_cifar_and_digits(tmp_path, capsys):
-    data = write_cifar10(tmp_path / 'cifar')
+    data = write_cifar10(tmp_path / 'cifar', test=8)
     out = tmp_path / 'run'
-    code, err = cli(train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--num-classes', '5',
-                                 '--output', str(out)] + TINY, capsys)
-    assert code == EXIT_BAD_INPUT and 'num_classes is 5' in err and '10 classes' in err and '--num-classes 10' in err
+    refused(capsys, train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--num-classes', '5',
+                                 '--output', str(out)] + ONE_EPOCH,
+            'num_classes is 5', '10 classes', '--num-classes 10')
     assert not out.exists()
     cfg = load_config(['--dataset', 'digits', '--num-classes', '7'])
     with pytest.raises(DataError, match='(?s)num_classes is 7, but the digits data has 10.*--num-classes 10'):
@@ -216,16 +186,15 @@ def test_num_classes_must_match_cifar_and_digits(tmp_path, capsys):
 
 
 def test_cifar_labels_outside_the_classes_are_refused(tmp_path):
-    data = write_cifar10(tmp_path / 'cifar', label_max=12)
+    data = write_cifar10(tmp_path / 'cifar', test=8, label_max=12)
     with pytest.raises(DataError, match='labels from 0 to 12, outside 0..9'):
         build_datasets(load_config(['--config', CIFAR10_YML, '--data-dir', str(data)]))
 
 
 def test_a_training_set_smaller_than_one_batch_is_refused(tmp_path, capsys):
-    data = write_cifar10(tmp_path / 'cifar', labels_per_batch=(2,) * 5)  # 10 training samples
-    code, err = cli(train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(tmp_path / 'run')]
-                    + TINY + ['--batch-size', '16'], capsys)
-    assert code == EXIT_BAD_INPUT and '10 samples' in err and 'batch_size 16' in err and '--batch-size 10' in err
+    data = write_cifar10(tmp_path / 'cifar', 2, test=8)  # 10 training samples
+    refused(capsys, train_main, ['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(tmp_path / 'run')]
+            + ONE_EPOCH + ['--batch-size', '16'], '10 samples', 'batch_size 16', '--batch-size 10')
 
 
 def write_image_folder(root: Path, layout: dict) -> Path:
@@ -262,23 +231,13 @@ def test_image_folder_classes_are_checked(tmp_path, capsys):
     with pytest.raises(DataError, match="images outside its class folders"):
         build_datasets(image_folder_cfg(loose, 2))
     # the published ImageNet config (1000 classes) on a 3-class tree: refused before training, not at a late label
-    code, err = cli(train_main, ['--config', IMAGENET_YML, '--data-dir', str(good), '--output', str(tmp_path / 'run')]
-                    + TINY, capsys)
-    assert code == EXIT_BAD_INPUT and 'num_classes is 1000' in err and '3 class folders' in err
-    assert '--num-classes 3' in err
+    refused(capsys, train_main, ['--config', IMAGENET_YML, '--data-dir', str(good), '--output', str(tmp_path / 'run')]
+            + ONE_EPOCH, 'num_classes is 1000', '3 class folders', '--num-classes 3')
 
 
 # ----------------------------------------------------------------------------------------------- raw event data
 
-def load_prepare_dvs():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('prepare_dvs', REPO / 'scripts' / 'prepare_dvs.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_dvs = load_prepare_dvs()
+prepare_dvs = load_script('prepare_dvs')
 AEDAT2_HEADER = b'#!AER-DAT2.0\r\n# This is a raw AE data file\r\n'
 
 
@@ -399,6 +358,6 @@ def test_a_damaged_cache_file_met_by_a_dataloader_worker_is_one_screen(dvs_root,
     with zipfile.ZipFile(victim, 'w') as zf:  # a valid archive (it passes the start-up check) of a broken array
         zf.writestr('frames.npy', b'\x93NUMPY garbage')
     loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=1)
-    code, err = cli(lambda argv: list(loader), None, capsys)
-    assert code == EXIT_BAD_INPUT and err.startswith(f'error: cannot read the cached frames {victim}')
+    err = refused(capsys, lambda argv: list(loader), None)
+    assert err.startswith(f'error: cannot read the cached frames {victim}')
     assert 'DataLoader worker' not in err and 'frames_number_2_split_by_number' in err
