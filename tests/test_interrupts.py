@@ -100,3 +100,17 @@ def test_frame_cache_building_and_prepare_dvs(tmp_path):
     train, test = build_dvs_datasets({'dataset': 'cifar10-dvs', 'data_dir': str(root), 'time_steps': 16,
                                       'num_classes': 10})
     assert len(train) + len(test) == len(list(cache.rglob('*.npz'))) == 100  # the next start rebuilds it
+
+
+def test_an_interrupt_between_the_guarded_blocks_is_one_line_too():
+    """A script's module-level code after its guarded imports and before run_cli (class definitions, argparse set-up)
+    is covered by the excepthook that the guard installs: one line, exit 130, no traceback."""
+    code = ('import sys; sys.path.insert(0, "."); from utils.errors import exit_on_interrupt\n'
+            'with exit_on_interrupt("interrupted; nothing was written"):\n    import json\n'
+            'raise KeyboardInterrupt\n')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert_one_line(proc.returncode, proc.stderr)
+    assert proc.stderr.strip() == 'error: interrupted; nothing was written'
+    other = subprocess.run([sys.executable, '-c', code.replace('KeyboardInterrupt', 'ValueError("boom")')], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and 'Traceback' in other.stderr and 'boom' in other.stderr  # Python's own report

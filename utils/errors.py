@@ -138,6 +138,25 @@ def _handle_interrupts(message: str) -> None:
     if _Interrupts.owner_pid != os.getpid():
         _Interrupts.owner_pid, _Interrupts.pending, _Interrupts.reported = os.getpid(), False, False
     sys.unraisablehook = _reraise_swallowed_interrupts
+    sys.excepthook = _interrupt_excepthook
+
+
+def _interrupt_excepthook(exc_type, exc, tb):
+    """A KeyboardInterrupt that reaches the top level outside :func:`run_cli` and :class:`exit_on_interrupt` (a
+    script's module-level code between the two, say) still ends with the one line and exit 130; any other
+    uncaught exception keeps Python's report."""
+    if not issubclass(exc_type, KeyboardInterrupt) or os.getpid() != _Interrupts.owner_pid:
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    if not _Interrupts.reported:
+        _Interrupts.reported = True
+        _fail(_Interrupts.message, EXIT_INTERRUPTED)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a closed or missing stream
+            pass
+    os._exit(EXIT_INTERRUPTED)  # the exit status of an uncaught exception would be 1
 
 
 def exit_interrupted(message: str = INTERRUPTED) -> None:
