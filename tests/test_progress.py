@@ -35,7 +35,7 @@ def test_throughput_is_the_epoch_average_not_one_batch():
 
 def test_run_eta_counts_later_epochs_and_the_measured_evaluation_time():
     clock = FakeClock()
-    run = RunClock(start_epoch=2, num_epochs=5, clock=clock)
+    run = RunClock(num_epochs=5, clock=clock)
     # epoch 2: 10 batches of 3 s, then 12 s of evaluation and saving
     run.start_epoch()
     meter = EpochMeter(total=10, epoch=2, run_clock=run, clock=clock)
@@ -58,7 +58,7 @@ def test_run_eta_counts_later_epochs_and_the_measured_evaluation_time():
     meter.update(8)
     assert meter.figures()['epoch_eta'] == pytest.approx(16.0)
     assert meter.figures()['run_eta'] == pytest.approx(16 + 12 + (20 + 12))
-    assert RunClock(0, 3, clock=clock).remaining_after(0) is None
+    assert RunClock(3, clock=clock).remaining_after(0) is None
 
 
 def test_log_lines_every_interval_and_at_least_every_minute():
@@ -82,7 +82,7 @@ def test_log_lines_every_interval_and_at_least_every_minute():
 
 def test_log_line_and_bar_postfix_show_the_figures():
     clock = FakeClock()
-    run = RunClock(0, 2, clock=clock)
+    run = RunClock(2, clock=clock)
     run.start_epoch()
     meter = EpochMeter(total=4, epoch=0, run_clock=run, clock=clock)
     clock.now += 0.5

@@ -261,7 +261,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     if cfg.grad_accum_steps > 1:
         log(f'gradient accumulation: {cfg.grad_accum_steps} batches per optimizer step, global batch {cfg.batch_size} '
             f'x {info.world} x {cfg.grad_accum_steps} = {cfg.batch_size * info.world * cfg.grad_accum_steps}')
-    clock = RunClock(start_epoch, num_epochs)
+    clock = RunClock(num_epochs)
 
     for epoch in range(start_epoch, num_epochs):
         clock.start_epoch()

@@ -32,8 +32,8 @@ class RunClock:
     training loop (evaluation, checkpoint writing) is averaged into :attr:`overhead`.
     """
 
-    def __init__(self, start_epoch: int, num_epochs: int, clock: Callable[[], float] = time.monotonic):
-        self.start_epoch_index, self.num_epochs, self.clock = start_epoch, num_epochs, clock
+    def __init__(self, num_epochs: int, clock: Callable[[], float] = time.monotonic):
+        self.num_epochs, self.clock = num_epochs, clock
         self.start = clock()
         self.epoch_start: Optional[float] = None
         self.durations, self.overheads = [], []
