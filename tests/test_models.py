@@ -73,32 +73,43 @@ def _published_to_own(name):
     return models.checkpoint._rename(name)
 
 
-def test_reference_eval_logits_and_firing_rates(layout_reference):
-    """Every published layout (CIFAR, ImageNet, DVS with tau 1.5 on event frames) computes what the published code
-    computed: logits and every neuron's firing rate."""
-    reference = layout_reference
-    model = reference_model(reference).eval()
+def _lif_rates(model: nn.Module) -> dict:
+    """Hooks every LIF of ``model``: the returned dict fills, at each forward, with each LIF's firing rate by name."""
     rates = {}
-    own_to_published = {}
     for name, module in model.named_modules():
         if isinstance(module, models.LIF):
             module.register_forward_hook(functools.partial(
                 lambda n, m, i, o: rates.__setitem__(n, o.float().mean().item()), name))
-    for published in reference['lif_rates']:
-        own = re.sub(r'^patch_embed\.(?:block|proj)([1-4])_lif$',
-                     lambda m: f'patch_embed.stages.{int(m[1]) - 1}.lif', published)
-        own_to_published[own] = published
+    return rates
+
+
+def _reference_rates(reference: dict) -> dict:
+    """The record's firing rates by this project's module names (the published tokenizer's ``block{i}_lif`` or
+    ``proj{i}_lif`` is ``patch_embed.stages.{i-1}.lif`` here; the blocks' names are the published ones)."""
+    return {re.sub(r'^patch_embed\.(?:block|proj)([1-4])_lif$', lambda m: f'patch_embed.stages.{int(m[1]) - 1}.lif',
+                   name): rate for name, rate in reference['lif_rates'].items()}
+
+
+@pytest.mark.parametrize('backend', ['fused', 'torch'])
+def test_reference_eval_logits_and_firing_rates(layout_reference, backend):
+    """Every published layout (CIFAR, ImageNet, DVS with tau 1.5 on event frames) computes what the published code
+    computed, on both CPU neuron paths: logits and every neuron's firing rate."""
+    reference = layout_reference
+    model = reference_model(reference, backend).eval()
+    rates = _lif_rates(model)
     with torch.no_grad():
         logits = model(reference['input'])
     torch.testing.assert_close(logits, reference['logits_eval'], atol=1e-4, rtol=0)
-    assert set(own_to_published) == set(rates)
-    for own, published in own_to_published.items():
-        assert rates[own] == pytest.approx(reference['lif_rates'][published], abs=1e-6), own
+    expected = _reference_rates(reference)
+    assert set(rates) == set(expected)
+    for name, rate in expected.items():
+        assert rates[name] == pytest.approx(rate, abs=1e-6), name
 
 
-def test_reference_train_logits_loss_and_gradients(layout_reference):
+@pytest.mark.parametrize('backend', ['fused', 'torch'])
+def test_reference_train_logits_loss_and_gradients(layout_reference, backend):
     reference = layout_reference
-    model = reference_model(reference).train()
+    model = reference_model(reference, backend).train()
     logits = model(reference['input'])
     torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
     loss = nn.functional.cross_entropy(logits, reference['target'])
