@@ -276,7 +276,8 @@ def two_process_training(root: Path, argv: Sequence[str], timeout: float = 600) 
     [(code, stdout, stderr)] = on_a_free_port(start)
     assert code == 0, stdout[-3000:] + stderr[-3000:]
     return dict(stdout=stdout, epochs=[json.loads((dump / f'epochs{r}.json').read_text()) for r in range(2)],
-                weights=[torch.load(dump / f'weights{r}.pt', weights_only=True) for r in range(2)])
+                weights=[torch.load(dump / f'weights{r}.pt', map_location='cpu', weights_only=True)
+                         for r in range(2)])
 
 
 def launcher(name: str) -> list:
