@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,18 @@ REFERENCE_FILES = {
 }
 # The published tokenizer layout of each record ('Spikingformer' guesses from patch_size, which cannot tell DVS apart).
 REFERENCE_LAYOUTS = {'cifar_style': 'cifar', 'imagenet_style': 'imagenet', 'dvs_style': 'dvs'}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` (tests/test_gpu.py) run where CUDA is available, or on CPU when ``GPU_CHECK_DEVICE=cpu``
+    asks for a dry run; elsewhere they are collected and skipped with the reason (``pytest -rs`` shows it)."""
+    if torch.cuda.is_available() or os.environ.get('GPU_CHECK_DEVICE') == 'cpu':
+        return
+    skip = pytest.mark.skip(reason='needs CUDA (torch.cuda.is_available() is False here): run them on a GPU machine '
+                                   'with bash scripts/gpu_check.sh; GPU_CHECK_DEVICE=cpu runs them on CPU as a dry run')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
 
 
 def load_reference(style: str) -> dict:

@@ -1,10 +1,14 @@
 """What many test files need, defined once: the repository's paths, the tiny model's options, loading a script file
-as a module, the "exit 2, one screen, no traceback" check, synthetic CIFAR-10 pickles, a run's summary.csv, and
-ports for local two-process rendezvous."""
+as a module, the "exit 2, one screen, no traceback" check, synthetic CIFAR-10 pickles, a run's summary.csv, a
+training killed at a chosen write and the "resumed equals uninterrupted" check, and ports for local two-process
+rendezvous."""
 import csv
 import functools
 import importlib.util
+import json
+import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +19,7 @@ from typing import Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 import pytest
+import torch
 
 from utils.errors import EXIT_BAD_INPUT, run_cli
 
@@ -99,6 +104,67 @@ def read_summary(folder: Path) -> list:
         return list(csv.DictReader(f))
 
 
+def assert_same_run(folder: Path, reference: Path):
+    """The resumed run equals the uninterrupted one: last weights, gradient scaler (float16 runs), summary, best epoch
+    and its weights."""
+    last, ref_last = (torch.load(p / 'last.pth.tar', weights_only=True) for p in (folder, reference))
+    assert last['epoch'] == ref_last['epoch'] and last['best_epoch'] == ref_last['best_epoch']
+    for key, value in ref_last['state_dict'].items():
+        torch.testing.assert_close(last['state_dict'][key], value, rtol=0, atol=1e-6, msg=key)
+    assert last.get('amp_scaler') == ref_last.get('amp_scaler')
+    assert read_summary(folder) == read_summary(reference)
+    best, ref_best = (torch.load(p / 'model_best.pth.tar', weights_only=True) for p in (folder, reference))
+    assert best['epoch'] == ref_best['epoch'] == ref_last['best_epoch']
+    for key, value in ref_best['state_dict'].items():
+        torch.testing.assert_close(best['state_dict'][key], value, rtol=0, atol=1e-6, msg=key)
+    assert not [p for p in os.listdir(folder) if '.tmp' in p]
+
+
+KILLED_CHILD_TIMEOUT = 300  # seconds for a forked training to reach its kill point (it takes about one)
+
+
+def train_and_kill(argv, function: str, written: str, n: int, when: str) -> None:
+    """Fork; the child runs ``train_main(argv)`` and SIGKILLs itself at the n-th call of ``function`` ('os.replace',
+    'os.link' or 'torch.save') that writes a file whose name starts with ``written``, ``when`` 'before' or 'after'
+    the call. The child inherits the test's monkeypatches (no interpreter start-up); needs fork (POSIX)."""
+    from utils.main import train_main
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            module, name = function.split('.')
+            target = {'os': os, 'torch': torch}[module]
+            original, calls = getattr(target, name), []
+
+            def wrapper(*args, **kwargs):
+                hit = os.path.basename(str(args[1])).startswith(written)
+                if hit:
+                    calls.append(1)
+                if hit and len(calls) == n and when == 'before':
+                    os.kill(os.getpid(), signal.SIGKILL)
+                result = original(*args, **kwargs)
+                if hit and len(calls) == n and when == 'after':
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return result
+
+            setattr(target, name, wrapper)
+            train_main(argv)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + KILLED_CHILD_TIMEOUT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f'the forked training did not reach its kill point within {KILLED_CHILD_TIMEOUT} s')
+        time.sleep(0.05)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
 def free_port() -> int:
     """A TCP port that is free now on 127.0.0.1. It is released before the caller's processes bind it, so another
     process may take it first: start the processes with :func:`on_a_free_port`."""
@@ -146,6 +212,72 @@ def on_a_free_port(start: Callable[[int], List[Result]]) -> List[Result]:
     if any(code != 0 and 'address already in use' in (out + err).lower() for code, out, err in results):
         results = start(free_port())
     return results
+
+
+class EagerScaler(torch.amp.GradScaler):
+    """A gradient scaler that doubles its scale after every good step (``growth_interval`` 1 instead of 2000), so that
+    a run of a few batches overflows float16 gradients, skips steps and backs off, as a long CUDA run does over
+    thousands of steps. Tests put it in place of ``torch.amp.GradScaler``, which ``utils.main.amp_setup`` builds."""
+
+    def __init__(self, device: str = 'cuda', **kwargs):
+        super().__init__(device, **{**kwargs, 'growth_interval': 1})
+
+
+# cifar10/train.py's training in each process of a torchrun, with EagerScaler, under a spy that records per rank each
+# epoch's train_one_epoch result and the weights the rank evaluates after its last epoch.
+RANK_SPY = r"""
+import json, os, sys
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+import torch
+import utils.main as main
+from helpers import EagerScaler
+from utils.errors import run_cli
+
+torch.amp.GradScaler = EagerScaler
+RANK, DUMP = os.environ['RANK'], {dump!r}
+evaluate, train_one_epoch, epochs = main.evaluate, main.train_one_epoch, []
+
+
+def evaluate_spy(model, *args, **kwargs):
+    torch.save(model.state_dict(), os.path.join(DUMP, 'weights%s.pt' % RANK))
+    return evaluate(model, *args, **kwargs)
+
+
+def train_spy(*args, **kwargs):
+    result = train_one_epoch(*args, **kwargs)
+    epochs.append(result)
+    with open(os.path.join(DUMP, 'epochs%s.json' % RANK), 'w') as f:
+        json.dump(epochs, f)
+    return result
+
+
+main.evaluate, main.train_one_epoch = evaluate_spy, train_spy
+run_cli(lambda argv: main.train_main(argv, {config!r}))
+"""
+
+
+def two_process_training(root: Path, argv: Sequence[str], timeout: float = 600) -> dict:
+    """Two processes under torchrun train with cifar10/train.py's config, ``argv`` and :class:`EagerScaler` (see
+    ``RANK_SPY``); returns ``dict(stdout, epochs=[rank 0's, rank 1's train results], weights=[...])``."""
+    dump = root / 'spy'
+    dump.mkdir(parents=True)
+    worker = root / 'rank_spy.py'
+    worker.write_text(RANK_SPY.format(repo=str(REPO), tests=str(REPO / 'tests'), dump=str(dump),
+                                      config=CIFAR10_YML))
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env.update(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+    def start(port):
+        proc = subprocess.run(launcher('torchrun') + ['--nproc_per_node=2', f'--master_port={port}', str(worker)]
+                              + list(argv), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        return [(proc.returncode, proc.stdout, proc.stderr)]
+
+    [(code, stdout, stderr)] = on_a_free_port(start)
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    return dict(stdout=stdout, epochs=[json.loads((dump / f'epochs{r}.json').read_text()) for r in range(2)],
+                weights=[torch.load(dump / f'weights{r}.pt', map_location='cpu', weights_only=True)
+                         for r in range(2)])
 
 
 def launcher(name: str) -> list:

@@ -82,3 +82,16 @@ def test_requires_a_checkpoint(tiny_run):
     config, _, root = tiny_run
     with pytest.raises(UserError, match='--checkpoint'):
         load_script('energy_report').main(['--config', str(config), '--output', str(root / 'x')])
+
+
+def test_float16_autocast_on_cpu(tiny_run):
+    """--precision amp --amp-dtype float16: the CUDA default's autocast, on CPU too (utils.main.amp_setup)."""
+    config, checkpoint, root = tiny_run
+    common = ['--config', str(config), '--checkpoint', str(checkpoint), '--limit-batches', '1']
+    load_script('energy_report').main(common + ['--output', str(root / 'fp32_16')])
+    load_script('energy_report').main(common + ['--precision', 'amp', '--amp-dtype', 'float16', '--output',
+                                                str(root / 'fp16')])
+    fp32, fp16 = (json.loads((root / name / 'energy.json').read_text()) for name in ('fp32_16', 'fp16'))
+    assert fp16['run']['amp_dtype'] == 'float16' and fp32['run']['amp_dtype'] is None
+    assert fp16['samples'] == 40 and fp16['mac_ops'] == fp32['mac_ops']  # MACs do not depend on the precision
+    assert fp16['ac_ops'] == pytest.approx(fp32['ac_ops'], rel=0.05)  # spikes at the thresholds may differ

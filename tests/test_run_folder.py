@@ -7,23 +7,19 @@ compare with an uninterrupted run.
 """
 import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, read_summary, refused, run, write_cifar10
+from helpers import (CIFAR10_YML, SCHEDULE, TINY, assert_same_run, load_script, refused, run, train_and_kill,
+                     write_cifar10)
 from utils import run_folder
 from utils.config import SCHEMA, Key, load_config
 from utils.errors import EXIT_BAD_INPUT
 from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 from utils.main import train_main
-
-KILLED_CHILD_TIMEOUT = 300  # seconds for a forked training to reach its kill point (it takes about one)
-
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
@@ -38,20 +34,6 @@ def runs(tmp_path_factory):
 
 def snapshot(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def assert_same_run(folder: Path, reference: Path):
-    """The resumed run equals the uninterrupted one: last weights, summary, best epoch and its weights."""
-    last, ref_last = (torch.load(p / 'last.pth.tar', weights_only=True) for p in (folder, reference))
-    assert last['epoch'] == ref_last['epoch'] and last['best_epoch'] == ref_last['best_epoch']
-    for key, value in ref_last['state_dict'].items():
-        torch.testing.assert_close(last['state_dict'][key], value, rtol=0, atol=1e-6, msg=key)
-    assert read_summary(folder) == read_summary(reference)
-    best, ref_best = (torch.load(p / 'model_best.pth.tar', weights_only=True) for p in (folder, reference))
-    assert best['epoch'] == ref_best['epoch'] == ref_last['best_epoch']
-    for key, value in ref_best['state_dict'].items():
-        torch.testing.assert_close(best['state_dict'][key], value, rtol=0, atol=1e-6, msg=key)
-    assert not [p for p in os.listdir(folder) if '.tmp' in p]
 
 
 # ---- overwrite protection ----------------------------------------------------------------------------------------
@@ -158,50 +140,11 @@ KILLS = {
 }
 
 
-def _train_and_kill(argv, function, written, n, when):
-    """Fork; the child trains and SIGKILLs itself at the n-th call of ``function`` that writes ``written``."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            module, name = function.split('.')
-            target = {'os': os, 'torch': torch}[module]
-            original, calls = getattr(target, name), []
-
-            def wrapper(*args, **kwargs):
-                hit = os.path.basename(str(args[1])).startswith(written)
-                if hit:
-                    calls.append(1)
-                if hit and len(calls) == n and when == 'before':
-                    os.kill(os.getpid(), signal.SIGKILL)
-                result = original(*args, **kwargs)
-                if hit and len(calls) == n and when == 'after':
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return result
-
-            setattr(target, name, wrapper)
-            train_main(argv)
-            code = 0
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + KILLED_CHILD_TIMEOUT
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f'the forked training did not reach its kill point within {KILLED_CHILD_TIMEOUT} s')
-        time.sleep(0.05)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
-
-
 @pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork (POSIX)')
 @pytest.mark.parametrize('kill', list(KILLS))
 def test_kill_at_any_step_then_resume_equals_the_uninterrupted_run(runs, tmp_path, kill):
     folder = tmp_path / 'run'
-    _train_and_kill(runs['base'] + ['--epochs', '3', '--output', str(folder)], *KILLS[kill])
+    train_and_kill(runs['base'] + ['--epochs', '3', '--output', str(folder)], *KILLS[kill])
     left = os.listdir(folder)
     last = torch.load(folder / 'last.pth.tar', weights_only=True)  # always a whole checkpoint
     if kill in ('last written, not yet renamed', 'best linked, not yet renamed'):

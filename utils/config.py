@@ -146,7 +146,8 @@ SCHEMA = {
     'grad_accum_steps': _k(1, int, 'batches per optimizer step (gradient accumulation); global batch = batch_size x '
                            'processes x grad_accum_steps', bounds=ONE_OR_MORE),
     'amp': _k(True, bool, 'automatic mixed precision'),
-    'amp_dtype': _k('auto', str, 'auto = float16 (with a gradient scaler) on CUDA, bfloat16 on CPU',
+    'amp_dtype': _k('auto', str, 'auto = float16 (with a gradient scaler) on CUDA, bfloat16 on CPU; float16 on CPU '
+                    'runs the CUDA path (with a scaler), slower than bfloat16 there',
                     choices=('auto', 'float16', 'bfloat16')),
     'eval_amp': _k(None, bool, 'evaluate under the AMP autocast (when amp is on); null = as published for the data '
                    'set: yes for images, no (float32) for event data', nullable=True),

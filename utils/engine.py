@@ -58,12 +58,32 @@ def accumulation_group_size(batch: int, total: int, steps: int) -> int:
     return remainder if remainder and batch >= total - remainder else steps
 
 
+def optimizer_step(optimizer, scaler=None) -> bool:
+    """One optimizer step, through the gradient scaler when there is one; returns whether the weights were updated.
+
+    With a scaler (float16), ``scaler.step`` unscales the gradients (once: the project has no gradient clipping, so
+    nothing unscales them earlier) and skips the step when any is inf or NaN, and ``scaler.update`` then lowers the
+    scale by its backoff factor. That is how a skipped step is detected: the scale went down. This is the scaler's
+    normal working, not divergence (a run may skip a few steps at the start, while the scale falls from 2^16 to
+    what its gradients allow), so it is counted, not stopped on: the NaN stop of :func:`train_one_epoch` looks at the
+    loss. ``get_scale`` reads the scale back to the host; the loss is read every batch anyway, so this adds no
+    synchronisation that matters.
+    """
+    if scaler is None:
+        optimizer.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epoch: int, *, mixup_fn=None,
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, ema=None, limit_batches: Optional[int] = None,
                     log_interval: int = 50, is_main: bool = True, distributed: bool = False,
                     log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None) -> dict:
-    """Train one epoch; returns ``dict(loss, lr, samples, img_s, seconds)`` (loss averaged over all samples of all
-    ranks).
+    """Train one epoch; returns ``dict(loss, lr, samples, img_s, seconds, steps, skipped_steps)`` (loss averaged
+    over all samples of all ranks).
 
     Gradient accumulation (``grad_accum_steps`` N > 1, timm's scheme): the gradients of N batches are summed, each
     loss divided by N (by the size of the last, partial group: :func:`accumulation_group_size`), and the optimizer,
@@ -73,11 +93,18 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
 
     A NaN or infinite loss on any rank stops every rank with :class:`NonFiniteLossError` before the optimizer step,
     so the last checkpoint written stays the last good one.
+
+    float16 (``scaler``): a step the scaler skips (inf/NaN gradients, finite loss; :func:`optimizer_step`) leaves
+    the weights as they were and does not update the EMA either. timm's loop updates the EMA after every step
+    regardless; here the EMA averages the weights the optimizer produced, so a skipped step, which produced none,
+    does not pull it once more towards unchanged weights (with its decay per update, it would otherwise count
+    steps that did not happen). Under DDP every rank sees the same all-reduced gradients, hence skips the same
+    steps. ``steps`` and ``skipped_steps`` in the result count the optimizer steps of the epoch and those skipped.
     """
     model.train()
     total = _num_batches(loader, limit_batches)
     lr = optimizer.param_groups[0]['lr']
-    loss_sum, count = 0.0, 0
+    loss_sum, count, steps, skipped = 0.0, 0, 0, 0
     world = dist.get_world_size() if distributed else 1
     meter = EpochMeter(total, epoch, world, run_clock, log_interval)
     bar = _progress(loader, total, f'epoch {epoch}', is_main)
@@ -106,12 +133,10 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
                 loss = loss / group
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if last_of_group:
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
+            stepped = optimizer_step(optimizer, scaler)
+            steps += 1
+            skipped += not stepped
+            if ema is not None and stepped:
                 ema.update(model.module if hasattr(model, 'module') else model)
         loss_sum += value * images.shape[0]
         count += images.shape[0]
@@ -125,7 +150,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     loss_sum, count = _all_sum([loss_sum, count], device, distributed)
     if count == 0:
         raise DataError('the training set gave no batch: it has fewer samples than --batch-size (per process).')
-    return dict(loss=loss_sum / count, lr=lr, samples=int(count), img_s=count / max(seconds, 1e-9), seconds=seconds)
+    return dict(loss=loss_sum / count, lr=lr, samples=int(count), img_s=count / max(seconds, 1e-9), seconds=seconds,
+                steps=steps, skipped_steps=skipped)
 
 
 @torch.no_grad()
