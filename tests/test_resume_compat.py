@@ -88,3 +88,30 @@ def test_a_checkpoint_without_its_number_of_processes_compares_grad_accum_steps(
     last = edited_copy(one_epoch, tmp_path, lambda c: c.pop('world_size'))
     code, err = run(train_main, ['--resume', str(last), '--epochs', '2', '--grad-accum-steps', '2'], capsys)
     assert code == EXIT_BAD_INPUT and 'grad_accum_steps: run 1, now 2' in err and 'global batch' not in err, err
+
+
+def test_the_autocast_dtype_is_recorded_as_it_ran_and_kept_on_resume(one_epoch, tmp_path, capsys):
+    """``amp_dtype: auto`` is recorded resolved (bfloat16 on CPU, float16 on CUDA), so that a run resumed on another
+    device continues in its own dtype instead of switching silently; a run of an earlier version recorded ``auto``,
+    and its checkpoint tells which it was (only float16 saves the gradient scaler's state)."""
+    amp = one_epoch['base'] + ['--amp', 'true', '--epochs', '1', '--output']
+    train_main(amp + [str(tmp_path / 'bf16')])
+    train_main(amp + [str(tmp_path / 'fp16'), '--amp-dtype', 'float16'])  # what auto gives on CUDA
+    bf16 = tmp_path / 'bf16' / 'last.pth.tar'
+    assert torch.load(bf16, weights_only=True)['args']['amp_dtype'] == 'bfloat16'
+    assert 'amp_dtype: bfloat16' in (tmp_path / 'bf16' / 'args.yaml').read_text()
+
+    code, err = run(train_main, ['--resume', str(bf16), '--epochs', '2', '--amp-dtype', 'float16'], capsys)
+    assert code == EXIT_BAD_INPUT and "amp_dtype: run 'bfloat16', now 'float16'" in err, err
+    for name, dtype in (('bf16', 'bfloat16'), ('fp16', 'float16')):
+        earlier = tmp_path / 'earlier'
+        shutil.rmtree(earlier, ignore_errors=True)
+        shutil.copytree(tmp_path / name, earlier)
+        checkpoint = torch.load(earlier / 'last.pth.tar', weights_only=True)
+        checkpoint['args']['amp_dtype'] = 'auto'
+        torch.save(checkpoint, earlier / 'last.pth.tar')
+        train_main(['--resume', str(earlier / 'last.pth.tar'), '--epochs', '2'])
+        assert f'amp {dtype}, evaluation in {dtype}' in (earlier / 'log.txt').read_text().split('resum')[-1], name
+        resumed = torch.load(earlier / 'last.pth.tar', weights_only=True)
+        assert resumed['epoch'] == 1 and resumed['args']['amp_dtype'] == dtype
+        assert ('amp_scaler' in resumed) == (dtype == 'float16')

@@ -199,6 +199,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     with fail_together(info):  # the config, as every process resolves it; the output folder (rank 0)
         resolve_data_config(cfg)
         amp_dtype, scaler = amp_setup(cfg, device)
+        if cfg.amp and cfg.amp_dtype == 'auto':  # recorded as what ran: a resume elsewhere keeps it (or is refused)
+            cfg.amp_dtype = _dtype_name(amp_dtype)
         check_optimizer_and_schedule(cfg)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size

@@ -107,6 +107,16 @@ class Resume:
     world: Optional[int] = None  # the run's number of processes (None: a checkpoint of an earlier version)
 
 
+def resolve_recorded_amp_dtype(checkpoint: dict) -> None:
+    """A run records the autocast dtype it trained in (``amp_dtype: auto`` is resolved at the start: float16 on CUDA,
+    bfloat16 on CPU), so that a resume on another device continues in that dtype instead of switching silently.
+    Runs of earlier versions recorded ``auto``: their checkpoint tells which it was, as only float16 saves the
+    gradient scaler's state (``amp_scaler``). Edits the checkpoint's recorded config in place."""
+    args = recorded_config(checkpoint)
+    if args is not None and args.get('amp', True) and args.get('amp_dtype', 'auto') == 'auto':
+        checkpoint['args'] = dict(args, amp_dtype='float16' if 'amp_scaler' in checkpoint else 'bfloat16')
+
+
 def open_resume(cfg: Config, argv: Sequence[str]) -> tuple:
     """``(cfg, Resume)`` for ``cfg.resume``: the checkpoint read safely (``trust_checkpoint``), and the config to run
     with. Without ``--config`` the recorded config is the base (command-line keys override it), so ``--resume PATH``
@@ -120,6 +130,7 @@ def open_resume(cfg: Config, argv: Sequence[str]) -> tuple:
         raise CheckpointError(f'{path} holds weights only (no optimizer state or epoch), so training cannot '
                               f'continue from it.\n--resume takes the last.pth.tar of a run written by train.py; '
                               f'evaluate weights-only checkpoints with test.py --checkpoint.')
+    resolve_recorded_amp_dtype(checkpoint)
     cfg = config_from_checkpoint(argv, checkpoint) or cfg
     cfg.output = resume_folder(cfg)
     progress = {k: checkpoint.get(k) for k in ('epoch', 'best_epoch', 'best_metric')}
