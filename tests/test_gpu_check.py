@@ -33,6 +33,9 @@ def test_requirements_catch_what_they_should():
     torch_row = dict(fused, path='torch', spikes_differing_from_true_division=3)
     assert neuron_failure(torch_row) is None  # CUDA's reciprocal for tau 1.5: reported only
     assert neuron_failure(dict(torch_row, tau=2.0)) and neuron_failure(dict(torch_row, device='cpu'))
+    # CUDA's TorchScript fuser rounds a float16/bfloat16 charge once: reported only; on CPU each operation rounds
+    assert neuron_failure(dict(torch_row, tau=2.0, dtype='float16')) is None
+    assert neuron_failure(dict(torch_row, tau=2.0, dtype='bfloat16', device='cpu'))
     cupy = dict(fused, path='cupy', tau=2.0, spikes_differing_from_torch=1)
     assert 'float32 for tau 2' in neuron_failure(cupy)
     assert neuron_failure(dict(cupy, dtype='float16')) is None  # its half-precision kernel: reported
