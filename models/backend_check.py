@@ -11,8 +11,13 @@ of the backward from the same potentials. Requirements:
 * 'fused' divides exactly on every device and in every dtype (no spike differs from the true division); float32
   gradients within 1e-4 (relative) of the 'torch' backend's where the spikes agree; float16/bfloat16 gradients
   within 1e-2 of float64 (its backward runs in float32, see ``models.fused_lif``).
-* 'torch' equals the true division on CPU, and on CUDA for tau 2 (1/2 is exact). On CUDA PyTorch turns a division by
-  a Python scalar into a multiplication by its reciprocal, so for tau 1.5 its spikes may differ: reported only.
+* 'torch' equals the true division on CPU, and on CUDA in float32 for tau 2 (1/2 is exact). On CUDA PyTorch turns a
+  division by a Python scalar into a multiplication by its reciprocal, so for tau 1.5 its spikes may differ. And
+  TorchScript's fuser (NNC: on by default for CUDA, off for CPU) can fuse SpikingJelly's scripted charge there; its
+  CUDA code computes a float16/bfloat16 ``v + (x - v) / tau`` in float32 and rounds once instead of three times,
+  which changes 100-1,500 of the 4M spikes of a row (emulated on CPU; not yet seen on a GPU). Both reported only:
+  the published numerics are the torch backend's in float32 (SPEC section 1), and 'fused' is held to the true
+  division in every dtype.
 * 'cupy' (SpikingJelly's CUDA kernel, float32 and float16; no bfloat16 kernel) equals 'torch' in float32 for tau 2
   (SPEC section 1: identical outputs and gradients). Its float16 kernel runs the recurrence in half precision and,
   for tau 1.5, multiplies by float32(1/tau) (SPEC section 1): those rows are reported, with a sanity bound only
@@ -95,7 +100,8 @@ def neuron_failure(row: dict) -> Optional[str]:
         if half and not row['grad_rel_err_vs_float64'] <= 1e-2:
             return f'fused {row["dtype"]} gradient more than 1e-2 from float64'
     elif path == 'torch':
-        if (row['device'] == 'cpu' or row['tau'] == 2.0) and row['spikes_differing_from_true_division']:
+        exact_here = row['device'] == 'cpu' or (row['tau'] == 2.0 and row['dtype'] == 'float32')
+        if exact_here and row['spikes_differing_from_true_division']:
             return 'torch backend spikes differ from the true division by tau'
     elif path == 'cupy':
         if row['dtype'] == 'float32' and row['tau'] == 2.0:

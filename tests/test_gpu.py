@@ -10,6 +10,7 @@ dry run of the tests and of the script themselves (CuPy and the two-GPU case the
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,6 +28,11 @@ from utils.main import amp_setup, build_optimizer, train_main
 from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 
 pytestmark = pytest.mark.gpu
+
+if os.environ.get('GPU_CHECK_OUT'):
+    # gpu_check.sh stops tests that run past its limit with SIGTERM: taken as Ctrl-C, so that pytest still writes the
+    # results of those that finished (JUnit XML, and gpu_tests.json at the module's teardown) for the summary table
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 DEVICE = torch.device(os.environ.get('GPU_CHECK_DEVICE', 'cuda'))
 DRY_RUN = DEVICE.type != 'cuda'

@@ -33,6 +33,9 @@ def test_requirements_catch_what_they_should():
     torch_row = dict(fused, path='torch', spikes_differing_from_true_division=3)
     assert neuron_failure(torch_row) is None  # CUDA's reciprocal for tau 1.5: reported only
     assert neuron_failure(dict(torch_row, tau=2.0)) and neuron_failure(dict(torch_row, device='cpu'))
+    # CUDA's TorchScript fuser rounds a float16/bfloat16 charge once: reported only; on CPU each operation rounds
+    assert neuron_failure(dict(torch_row, tau=2.0, dtype='float16')) is None
+    assert neuron_failure(dict(torch_row, tau=2.0, dtype='bfloat16', device='cpu'))
     cupy = dict(fused, path='cupy', tau=2.0, spikes_differing_from_torch=1)
     assert 'float32 for tau 2' in neuron_failure(cupy)
     assert neuron_failure(dict(cupy, dtype='float16')) is None  # its half-precision kernel: reported
@@ -67,6 +70,9 @@ def test_bad():
 @pytest.mark.parametrize('x', [1])
 def test_skipped(x):
     pytest.skip('needs 2 CUDA devices, found 1')
+
+def test_stopped():  # as gpu_check.sh's time limit stops a test (its SIGTERM becomes Ctrl-C)
+    raise KeyboardInterrupt
 '''
 
 
@@ -79,6 +85,8 @@ def test_summary_table(tmp_path, capsys):
     outcomes = {c['name']: (c['outcome'], c['message']) for c in junit_outcomes(str(out / 'gpu_tests.xml'))}
     assert outcomes['test_good'] == ('passed', '') and outcomes['test_bad'][0] == 'failed'
     assert outcomes['test_skipped[1]'] == ('skipped', 'needs 2 CUDA devices, found 1')
+    assert [name for name, (outcome, _) in outcomes.items() if outcome == 'stopped'] == [
+        '(the test running when pytest was stopped, see pytest.txt)']
     layout = dict(layout='cifar', loss=2.3, steps=8, skipped=1, scale=32768.0)
     (out / 'gpu_tests.json').write_text(json.dumps(dict(device='cuda', rows={'test_good': [layout]})))
     bench = dict(config=dict(model='spikingformer_8_768', batch_size=16, device='cuda', amp='fp16'),
@@ -87,14 +95,16 @@ def test_summary_table(tmp_path, capsys):
                           dict(mode='train', path='fused', img_s=64.0, speedup=2.0, peak_mib=15000.0)])
     (out / 'bench_8_768_fp16.json').write_text(json.dumps(bench))
     (out / 'bench_not_run.txt').write_text('4_384_fp16\n')
+    (out / 'bench_failed.txt').write_text('8_768_fp32\n')
     text = summary(str(out), machine='test machine')
     lines = text.splitlines()
-    assert lines[0] == '# gpu_check: tests on cuda' and '1 passed, 1 failed, 1 skipped' in text
+    assert lines[0] == '# gpu_check: tests on cuda' and '1 passed, 1 failed, 1 skipped, 1 stopped' in text
     assert '| test_good | passed |' in text and '| loss 2.3000, 7 of 8 steps taken, loss scale 32768 |' in text
     assert '| test_bad | failed: ' in text and '| test_skipped[1] | skipped: needs 2 CUDA devices, found 1 |' in text
     assert ('| benchmark spikingformer_8_768, batch 16, amp fp16: train, fused | measured | 2 | 64.0 img/s, 2.00x '
             'torch, peak GPU 15,000 MiB |') in text
     assert '| benchmark 4_384_fp16 | not run: out of time |' in text
+    assert '| benchmark 8_768_fp32 | failed or stopped: see bench_8_768_fp32.log |' in text
     main([str(out)])
     assert (out / 'summary.md').read_text().splitlines()[4:] == lines[4:]  # (the machine line is this one's)
     assert 'wrote' in capsys.readouterr().out

@@ -15,9 +15,14 @@ from typing import Optional, Sequence
 
 def junit_outcomes(junit_path: str) -> list:
     """``[dict(name, outcome, seconds, message)]`` per test case of a pytest JUnit XML file; outcome is 'passed',
-    'failed' (failures and errors) or 'skipped' (message: the reason)."""
+    'failed' (failures and errors), 'skipped' (message: the reason) or 'stopped': pytest stopped by Ctrl-C (as
+    gpu_check.sh's time limit stops it) writes the test it was running as a case without a name."""
     cases = []
     for case in ElementTree.parse(junit_path).getroot().iter('testcase'):
+        if case.get('name') is None:
+            cases.append(dict(name='(the test running when pytest was stopped, see pytest.txt)', outcome='stopped',
+                              seconds=float(case.get('time') or 0), message='at the time limit, or interrupted'))
+            continue
         outcome, message = 'passed', ''
         for tag, name in (('failure', 'failed'), ('error', 'failed'), ('skipped', 'skipped')):
             found = case.find(tag)
@@ -66,8 +71,9 @@ def describe(rows: Sequence[dict]) -> str:
 
 
 def benchmark_rows(out_dir: str) -> list:
-    """Table rows ``(check, result, seconds, numbers)`` of every ``bench_*.json`` in ``out_dir``, and of the
-    benchmarks gpu_check.sh left out for lack of time (``bench_not_run.txt``)."""
+    """Table rows ``(check, result, seconds, numbers)`` of every ``bench_*.json`` in ``out_dir``, of the benchmarks
+    that failed or ran out of time (``bench_failed.txt``; their log is ``bench_NAME.log``) and of those gpu_check.sh
+    left out for lack of time (``bench_not_run.txt``)."""
     rows = []
     for path in sorted(glob.glob(os.path.join(out_dir, 'bench_*.json'))):
         with open(path) as f:
@@ -79,10 +85,12 @@ def benchmark_rows(out_dir: str) -> list:
             rows.append((f"benchmark {config['model']}, batch {config['batch_size']}, amp {config['amp']}: "
                          f"{row['mode']}, {row['path']}", 'measured', f'{seconds:.0f}',
                          f"{row['img_s']:.1f} img/s{speed}, peak {memory} {row['peak_mib']:,.0f} MiB"))
-    not_run = os.path.join(out_dir, 'bench_not_run.txt')
-    if os.path.isfile(not_run):
-        with open(not_run) as f:
-            rows += [(f'benchmark {name}', 'not run: out of time', '', '') for name in f.read().split()]
+    for listing, result in (('bench_failed.txt', 'failed or stopped: see bench_{}.log'),
+                            ('bench_not_run.txt', 'not run: out of time')):
+        path = os.path.join(out_dir, listing)
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows += [(f'benchmark {name}', result.format(name), '', '') for name in f.read().split()]
     return rows
 
 
@@ -110,9 +118,10 @@ def summary(out_dir: str, machine: Optional[str] = None) -> str:
         with open(os.path.join(out_dir, 'gpu_tests.json')) as f:
             data = json.load(f)
         recorded, device = data['rows'], data['device']
-    counts = {k: sum(c['outcome'] == k for c in cases) for k in ('passed', 'failed', 'skipped')}
+    counts = {k: sum(c['outcome'] == k for c in cases) for k in ('passed', 'failed', 'skipped', 'stopped')}
     lines = [f'# gpu_check: tests on {device}', '', machine or machine_line(), '',
              f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+             + (f", {counts['stopped']} stopped" if counts['stopped'] else '')
              + ('' if cases else ' (no test results: pytest did not write gpu_tests.xml)'), '',
              '| check | result | seconds | numbers |', '|---|---|---:|---|']
     for case in cases:
