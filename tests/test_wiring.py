@@ -17,7 +17,7 @@ from timm.data import FastCollateMixup
 from torch import nn
 
 import models
-from helpers import CIFAR10_YML, REPO, TINY_MODEL, write_cifar10
+from helpers import CIFAR10_YML, REPO, TINY_MODEL, EventFrames, write_cifar10
 from utils import main as main_module
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -34,7 +34,7 @@ class LoopSpy:
     training step (the time steps and the autocast state inside the model, the EMA update), then trains as usual."""
 
     def __init__(self):
-        self.calls, self.steps, self.autocast = [], set(), set()
+        self.calls, self.steps, self.autocast, self.eval_loaders = [], set(), set(), []
         self.ema_before = self.ema_after = self.model_after = None
         self.real = main_module.train_one_epoch
 
@@ -75,17 +75,26 @@ class LoopSpy:
 
 
 def spied_run(argv, default_config=None, patches=()) -> LoopSpy:
+    """``train_main(argv, default_config)`` with the spy in the loop (and ``spy.eval_loaders``: the loaders that
+    ``evaluate`` is given); ``patches``: further ``(object, name, value)`` to set for the run."""
     spy = LoopSpy()
+    real_evaluate = main_module.evaluate
+
+    def evaluate(model, loader, *args, **kwargs):
+        spy.eval_loaders.append(loader)
+        return real_evaluate(model, loader, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(main_module, 'train_one_epoch', spy)
+        mp.setattr(main_module, 'evaluate', evaluate)
         for target, name, value in patches:
             mp.setattr(target, name, value)
         main_module.train_main(argv, default_config)
     return spy
 
 
-# The image run: cifar10.yml, overriding the epochs (6 + 2 cooldown, 2 warmup) and the values a dropped key would
-# not change (see the module's docstring).
+# The image run: cifar10.yml (mixup 0.5, reprob 0.25, weight decay 0.06, lr 5e-4, min_lr 1e-5), overriding the
+# epochs (6 + 2 cooldown, 2 warmup) and the values a dropped key would not change (see the module's docstring).
 IMAGE_RECIPE = dict(smoothing=0.2, mixup=0.5, cutmix=1.5, mixup_prob=0.7, mixup_switch_prob=0.3, reprob=0.25,
                     remode='pixel', recount=2, weight_decay=0.06, lr=5e-4, min_lr=1e-5, warmup_lr=1e-4,
                     warmup_epochs=2, epochs=6, cooldown_epochs=2, model_ema_decay=0.5, time_steps=2)
@@ -109,8 +118,10 @@ def image_run(tmp_path_factory):
 
 # ------------------------------------------------------------------ mixing and label smoothing
 def smoothed(label: int, classes: int, smoothing: float) -> torch.Tensor:
-    return torch.full((classes,), smoothing / classes).index_fill_(0, torch.tensor(label), 1 - smoothing +
-                                                                   smoothing / classes)
+    """The smoothed one-hot target: s / classes everywhere, plus 1 - s on the label."""
+    target = torch.full((classes,), smoothing / classes)
+    target[label] += 1 - smoothing
+    return target
 
 
 def mixing_statistics(mix, draws: int, classes: int, smoothing: float) -> dict:
@@ -119,8 +130,16 @@ def mixing_statistics(mix, draws: int, classes: int, smoothing: float) -> dict:
     smoothed one-hot targets, and agree with the first image (a blend of level 255 (1 - lambda), or a cutmix box of
     area 1 - lambda). Returns the share of mixed draws, the share of cutmix among them, and the mean
     lambda (1 - lambda) of the blends (a / (4a + 2) for mixup alpha a)."""
-    np.random.seed(0)
-    low, high = smoothed(2, classes, smoothing), smoothed(7, classes, smoothing)
+    state = np.random.get_state()
+    np.random.seed(0)  # timm draws from NumPy's global generator
+    try:
+        return _mixing_statistics(mix, draws, classes, smoothing)
+    finally:
+        np.random.set_state(state)
+
+
+def _mixing_statistics(mix, draws: int, classes: int, smoothing: float) -> dict:
+    dark, bright = smoothed(2, classes, smoothing), smoothed(7, classes, smoothing)
     mixed = cut = 0
     blend_spread = []
     for _ in range(draws):
@@ -131,8 +150,8 @@ def mixing_statistics(mix, draws: int, classes: int, smoothing: float) -> dict:
             images = torch.stack([torch.zeros(1, 1, 32, 32), torch.full((1, 1, 32, 32), 255.0)])
             images, targets = mix(images, torch.tensor([2, 7]))
         assert targets.shape == (2, classes)
-        lam = ((targets[0, 2] - low[7]) / (low[2] - low[7])).item()
-        torch.testing.assert_close(targets[0], lam * low + (1 - lam) * high)
+        lam = ((targets[0, 2] - dark[7]) / (dark[2] - dark[7])).item()
+        torch.testing.assert_close(targets[0], lam * dark + (1 - lam) * bright)
         first = images[0].float()
         if lam > 1 - 1e-6:
             assert (first == 0).all()
@@ -198,17 +217,6 @@ def test_label_smoothing_reaches_the_plain_loss(tmp_path):
     assert call['loss_fn'](LOGITS, labels).item() == pytest.approx(closed_form_loss(LOGITS, targets), rel=1e-6)
 
 
-class EventFrames(torch.utils.data.Dataset):
-    def __init__(self, n):
-        self.n, self.sample_files = n, [f'sample{i}.npz' for i in range(n)]
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return torch.poisson(torch.full((2, 2, 32, 32), 0.5)), i % 11
-
-
 def test_event_data_mixing_reaches_the_engine(tmp_path):
     """dvs128gesture.yml: the engine mixes the batches with the run's alpha, probability (0.5), smoothing and 11
     classes, and mixing stops at mixup_off_epoch."""
@@ -233,6 +241,23 @@ def test_event_data_mixing_reaches_the_engine(tmp_path):
 
 
 # ------------------------------------------------------------------ augmentation
+def test_event_augmentation_reaches_the_training_samples_only(synthetic_roots, tmp_path):
+    """dvs128gesture.yml (dvs_augment true): every training sample the loop draws is augmented (flip, then one
+    operation), the evaluation samples are the cached frames as they are."""
+    from utils.dvs_data import DVSAugment, load_frames
+    argv = ['--data-dir', str(synthetic_roots['dvs128-gesture']), '--output', str(tmp_path / 'run')] + TINY_MODEL + [
+        '-T', '2', '--batch-size', '4', '--val-batch-size', '8', '--workers', '0', '--amp', 'false', '--epochs', '1',
+        '--warmup-epochs', '0', '--cooldown-epochs', '0', '--limit-train-batches', '1']
+    spy = spied_run(argv, str(REPO / 'dvs128-gesture' / 'dvs128gesture.yml'))
+    train, evaluation = spy.calls[0]['loader'].dataset, spy.eval_loaders[0].dataset.dataset
+    assert isinstance(train.transform, DVSAugment) and evaluation.transform is None
+    cached = torch.from_numpy(load_frames(train.base.samples[train.indices[0]][0]))
+    draws = [train[0][0] for _ in range(20)]
+    assert sum(not torch.equal(x, cached) for x in draws) >= 10 and all(x.shape == cached.shape for x in draws)
+    cached = torch.from_numpy(load_frames(evaluation.base.samples[evaluation.indices[0]][0]))
+    assert all(torch.equal(evaluation[0][0], cached) for _ in range(5))
+
+
 def test_random_erasing_reaches_the_loader(image_run):
     erasing = image_run.calls[0]['loader'].random_erasing
     r = IMAGE_RECIPE
