@@ -9,14 +9,12 @@ counted operation. No per-model tables and no module names: layer kinds come fro
 :class:`SpikeReport`: every neuron's firing rate per time step, silent and always-firing channels, tokenizer firing
 maps and the attention maps of one sample (figures: :mod:`energy.spike_plots`).
 """
+from .constants import E_AC_PJ, E_MAC_PJ
 from .counter import EnergyCounter, dense_ops, neuron_types
 from .estimate import estimate_energy
 from .paper import PAPER, PaperRow, paper_row
 from .report import AttentionRates, EnergyReport, LayerEnergy
 from .spikes import SpikeRecorder, SpikeReport, record_spikes
-
-E_MAC_PJ = 4.6
-E_AC_PJ = 0.9
 
 __all__ = ['AttentionRates', 'E_AC_PJ', 'E_MAC_PJ', 'EnergyCounter', 'EnergyReport', 'LayerEnergy', 'PAPER',
            'PaperRow', 'SpikeRecorder', 'SpikeReport', 'dense_ops', 'estimate_energy', 'neuron_types', 'paper_row',

@@ -37,6 +37,7 @@ from torch import nn
 
 from models.layers import MLP, SpikingSelfAttention, SpikingTokenizer
 
+from .constants import E_AC_PJ, E_MAC_PJ
 from .hooks import COUNTED, SPIKE_PRESERVING, SpikeHooks, SpikeMark, count_ones, neuron_types  # noqa: F401
 from .report import AttentionRates, EnergyReport, LayerEnergy
 
@@ -187,7 +188,8 @@ class EnergyCounter(SpikeHooks):
             self._order.append(attention)
 
     # ---------------------------------------------------------------- results
-    def report(self, e_mac_pj: float = 4.6, e_ac_pj: float = 0.9, top1: Optional[float] = None) -> EnergyReport:
+    def report(self, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ,
+               top1: Optional[float] = None) -> EnergyReport:
         """Per-sample counts and energy of everything counted so far (one host sync)."""
         if not self.samples:
             raise ValueError('no forward pass was counted: the batches were empty')

@@ -5,6 +5,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from .constants import E_AC_PJ, E_MAC_PJ
 from .counter import EnergyCounter
 from .report import EnergyReport
 
@@ -56,7 +57,7 @@ def evaluate_hooked(model: nn.Module, batches: Iterable, hooks, device: Optional
     return 100.0 * correct.item() / seen if with_targets and correct is not None else None
 
 
-def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = 4.6, e_ac_pj: float = 0.9,
+def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ,
                     rate_average: str = 'samples', device: Optional[torch.device] = None,
                     autocast_dtype: Optional[torch.dtype] = None) -> EnergyReport:
     """Run ``model`` in eval mode over ``batches`` and return the per-sample energy estimate.

@@ -2,6 +2,7 @@
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from .constants import E_AC_PJ, E_MAC_PJ
 from .paper import PaperRow
 
 
@@ -92,8 +93,8 @@ class EnergyReport:
     top1: Optional[float]
     layers: List[LayerEnergy]
     attention: List[AttentionRates] = field(default_factory=list)
-    e_mac_pj: float = 4.6
-    e_ac_pj: float = 0.9
+    e_mac_pj: float = E_MAC_PJ
+    e_ac_pj: float = E_AC_PJ
     rate_average: str = 'samples'
     groups: Dict[str, str] = field(default_factory=dict)
 

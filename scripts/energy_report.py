@@ -36,12 +36,13 @@ with exit_on_interrupt(INTERRUPTED):
     from dataclasses import asdict
 
     from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files
+    from energy.constants import E_AC_PJ, E_MAC_PJ
     from utils.config import Bounds, Key
 
 EXTRA_KEYS = {
     **REPORT_KEYS,
-    'e_mac_pj': Key(4.6, float, 'energy of one multiply-accumulate in pJ (45 nm)', bounds=Bounds(0)),
-    'e_ac_pj': Key(0.9, float, 'energy of one accumulate in pJ (45 nm)', bounds=Bounds(0)),
+    'e_mac_pj': Key(E_MAC_PJ, float, 'energy of one multiply-accumulate in pJ (45 nm)', bounds=Bounds(0)),
+    'e_ac_pj': Key(E_AC_PJ, float, 'energy of one accumulate in pJ (45 nm)', bounds=Bounds(0)),
     'rate_average': Key('samples', str, "Q/K/V firing rates over all samples, or the mean of per-batch rates as the "
                         "published calculator (equal when every batch has the same size)",
                         choices=('samples', 'batches')),

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import REPO, load_script
 
 # The published code's outputs on tiny models (see tests/fixtures/README.md), inside the checkout so that a fresh
 # clone runs its tests with nothing beside it.
@@ -72,3 +72,17 @@ def _one_thread():
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope='session')
+def synthetic_roots(tmp_path_factory):
+    """Prepared roots of synthetic DVS128 Gesture (2 recordings per class and split) and CIFAR10-DVS (10 per class)
+    data, made by ``scripts/prepare_dvs.py --synthetic``: ``{dataset: root}``."""
+    base = tmp_path_factory.mktemp('dvs')
+    roots = {}
+    for dataset, per_class in (('dvs128-gesture', 2), ('cifar10-dvs', 10)):
+        raw, root = base / f'{dataset}-raw', base / dataset
+        assert load_script('prepare_dvs').main([dataset, '--synthetic', '--raw', str(raw), '--root', str(root),
+                                                '--per-class', str(per_class), '--no-progress']) == 0
+        roots[dataset] = root
+    return roots

@@ -1,7 +1,7 @@
 """What many test files need, defined once: the repository's paths, the tiny model's options, loading a script file
-as a module, the "exit 2, one screen, no traceback" check, synthetic CIFAR-10 pickles, a run's summary.csv, a
-training killed at a chosen write and the "resumed equals uninterrupted" check, and ports for local two-process
-rendezvous."""
+as a module, the "exit 2, one screen, no traceback" check, synthetic CIFAR-10 pickles and event frames, a run's
+summary.csv, a training killed at a chosen write and the "resumed equals uninterrupted" check, and ports for local
+two-process rendezvous."""
 import csv
 import functools
 import importlib.util
@@ -96,6 +96,20 @@ def write_cifar10(root: Path, train: Union[int, Sequence[int]] = 16, test: int =
     (folder / 'test_batch').write_bytes(pickle.dumps(batch(test)))
     (folder / 'batches.meta').write_bytes(pickle.dumps({'label_names': [f'class{i}' for i in range(10)]}))
     return root
+
+
+class EventFrames(torch.utils.data.Dataset):
+    """``n`` event samples as the DVS data sets give them (T=2 frames of 2 x 32 x 32 Poisson counts, 11 classes, a
+    file name each), to stand in for ``utils.dvs_data.build_dvs_datasets``' splits."""
+
+    def __init__(self, n: int):
+        self.n, self.sample_files = n, [f'sample{i}.npz' for i in range(n)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.poisson(torch.full((2, 2, 32, 32), 0.5)), i % 11
 
 
 def read_summary(folder: Path) -> list:

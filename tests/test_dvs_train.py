@@ -8,10 +8,8 @@ import sys
 
 import pytest
 
-from helpers import REPO, TINY_MODEL, load_script
+from helpers import REPO, TINY_MODEL
 from utils import main as engine  # (not `from ... import test_main`: pytest would collect it)
-
-prepare_dvs = load_script('prepare_dvs')
 
 
 def run_script(monkeypatch, path, argv):
@@ -26,18 +24,6 @@ CONFIGS = {'dvs128-gesture': REPO / 'dvs128-gesture' / 'dvs128gesture.yml',
            'cifar10-dvs': REPO / 'cifar10-dvs' / 'cifar10dvs.yml'}
 TINY = TINY_MODEL + ['-T', '2', '--batch-size', '4', '--val-batch-size', '8', '--workers', '0', '--cooldown-epochs',
                      '0', '--warmup-epochs', '0', '--no-amp', '--neuron-backend', 'torch']
-
-
-@pytest.fixture(scope='module')
-def synthetic_roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp('dvs')
-    roots = {}
-    for dataset, per_class in (('dvs128-gesture', 2), ('cifar10-dvs', 10)):
-        raw, root = base / f'{dataset}-raw', base / dataset
-        assert prepare_dvs.main([dataset, '--synthetic', '--raw', str(raw), '--root', str(root),
-                                 '--per-class', str(per_class), '--no-progress']) == 0
-        roots[dataset] = root
-    return roots
 
 
 @pytest.mark.parametrize('dataset', ['dvs128-gesture', 'cifar10-dvs'])

@@ -1,5 +1,7 @@
 """The energy estimate (SPEC section 6): hand-computed counts on toy networks, the published calculator's arithmetic,
 the weight-independent ImageNet MAC counts, and unchanged model outputs."""
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -10,6 +12,8 @@ from torch import nn
 from conftest import reference_model
 import energy
 import models
+from energy.constants import E_AC_PJ, E_MAC_PJ
+from helpers import load_script
 from models.layers import SpikingSelfAttention
 
 E_MAC, E_AC = 4.6e-9, 0.9e-9  # mJ per operation
@@ -294,3 +298,25 @@ def test_count_ones_is_exact_beyond_float32_integers():
 def test_rejects_unknown_rate_average():
     with pytest.raises(ValueError, match='rate_average'):
         energy.EnergyCounter(nn.Linear(2, 2), rate_average='median')
+
+
+# ---------------------------------------------------------------------------------------------------- the constants
+def test_the_energy_constants_are_the_papers_and_defined_once():
+    """4.6 pJ per MAC and 0.9 pJ per AC reproduce the paper's energies from its own counts; every default of the
+    package and of scripts/energy_report.py is the one object defined in ``energy.constants`` (a literal 4.6
+    written anywhere else is another object), and a report made with the defaults prices its counts with it."""
+    for row in energy.PAPER.values():
+        if row.mac_ops is not None:
+            assert (E_MAC_PJ * row.mac_ops + E_AC_PJ * row.ac_ops) * 1e-9 == pytest.approx(row.energy_mj, abs=0.01)
+    assert (energy.E_MAC_PJ, energy.E_AC_PJ) == (E_MAC_PJ, E_AC_PJ) == (4.6, 0.9)
+    fields = {f.name: f.default for f in dataclasses.fields(energy.EnergyReport)}
+    script = load_script('energy_report').EXTRA_KEYS
+    for name, constant in (('e_mac_pj', E_MAC_PJ), ('e_ac_pj', E_AC_PJ)):
+        defaults = {'EnergyCounter.report': inspect.signature(energy.EnergyCounter.report).parameters[name].default,
+                    'estimate_energy': inspect.signature(energy.estimate_energy).parameters[name].default,
+                    'EnergyReport': fields[name], 'scripts/energy_report.py': script[name].default}
+        assert all(value is constant for value in defaults.values()), (name, defaults)
+    report = energy.estimate_energy(ConvToy(), [_conv_toy_input()])
+    assert (report.e_mac_pj, report.e_ac_pj) == (E_MAC_PJ, E_AC_PJ)
+    assert report.energy_mj == pytest.approx((report.mac_ops * E_MAC_PJ + report.ac_ops * E_AC_PJ) * 1e-9, rel=1e-12)
+    assert sum(layer.energy_mj for layer in report.layers) == pytest.approx(report.energy_mj, rel=1e-12)

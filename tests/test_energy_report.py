@@ -10,6 +10,7 @@ import yaml
 
 import energy
 import models
+from energy.constants import E_AC_PJ, E_MAC_PJ
 from helpers import IMAGENET_YML, TINY_DIGITS_CONFIG, load_script
 from utils.config import load_config
 from utils.data import build_eval_loader
@@ -40,7 +41,9 @@ def test_report_files(tiny_run):
     data = json.loads((out / 'energy.json').read_text())
     assert {'mac_ops', 'ac_ops', 'energy_mj', 'samples', 'top1', 'layers', 'attention'} <= set(data)
     assert data['samples'] == 80 and data['run']['batches'] == 2 and data['paper'] is None
-    assert data['energy_mj'] == pytest.approx((4.6 * data['mac_ops'] + 0.9 * data['ac_ops']) * 1e-9, rel=1e-12)
+    assert (data['e_mac_pj'], data['e_ac_pj']) == (E_MAC_PJ, E_AC_PJ)  # the script's defaults
+    assert data['energy_mj'] == pytest.approx((E_MAC_PJ * data['mac_ops'] + E_AC_PJ * data['ac_ops']) * 1e-9,
+                                              rel=1e-12)
     assert data['ac_ops'] > 0 and 0 < data['attention'][0]['rate_q'] < 1
     kinds = [layer['kind'] for layer in data['layers']]
     assert kinds[0] == 'mac' and kinds[-1] == 'mac' and set(kinds[1:-1]) == {'ac'}

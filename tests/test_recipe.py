@@ -11,7 +11,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 import models
-from helpers import CIFAR10_YML, REPO, TINY_MODEL, write_cifar10
+from helpers import CIFAR10_YML, REPO, TINY_MODEL, EventFrames, write_cifar10
 from utils import main as main_module
 from utils.config import load_config
 from utils.data import build_loaders, mixes_in_loader, resolve_data_config, set_mixup_epoch
@@ -210,17 +210,6 @@ def test_evaluation_precision_is_resolved_as_published():
     cfg = load_config(['--eval-amp', 'true'], str(REPO / 'dvs128-gesture' / 'dvs128gesture.yml'))
     resolve_data_config(cfg)
     assert cfg.eval_amp is True
-
-
-class EventFrames(torch.utils.data.Dataset):
-    def __init__(self, n):
-        self.n, self.sample_files = n, [f'sample{i}.npz' for i in range(n)]
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return torch.poisson(torch.full((2, 2, 32, 32), 0.5)), i % 11
 
 
 def test_event_data_evaluate_in_float32_under_an_amp_config(tmp_path, monkeypatch):
