@@ -228,6 +228,16 @@ def on_a_free_port(start: Callable[[int], List[Result]]) -> List[Result]:
     return results
 
 
+class CountingEma:
+    """Stands in for an EMA given to ``train_one_epoch``: counts its updates (one per optimizer step taken)."""
+
+    def __init__(self):
+        self.updates = 0
+
+    def update(self, model):
+        self.updates += 1
+
+
 class EagerScaler(torch.amp.GradScaler):
     """A gradient scaler that doubles its scale after every good step (``growth_interval`` 1 instead of 2000), so that
     a run of a few batches overflows float16 gradients, skips steps and backs off, as a long CUDA run does over

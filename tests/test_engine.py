@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import (CIFAR10_YML, IMAGENET_YML, REPO, SCHEDULE, TINY, TINY_MODEL, read_summary, refused, run,
-                     write_cifar10)
+from helpers import (CIFAR10_YML, IMAGENET_YML, REPO, SCHEDULE, TINY, TINY_MODEL, EventFrames, read_summary, refused,
+                     run, write_cifar10)
 from utils import checkpoint as run_checkpoint
 from utils.config import load_config
 from utils.data import build_loaders, digits, write_sample_files
@@ -226,18 +226,8 @@ def test_event_data_get_plain_loaders_and_batch_mixup(tmp_path, monkeypatch):
     """DVS data sets come from utils.dvs_data already augmented: a plain loader of [T, 2, H, W] frames, timm's Mixup
     on the 5-D batch, and their file lists written into the run folder."""
     import utils.dvs_data
-
-    class Frames(torch.utils.data.Dataset):
-        def __init__(self, n):
-            self.n, self.sample_files = n, [f'sample{i}.npz' for i in range(n)]
-
-        def __len__(self):
-            return self.n
-
-        def __getitem__(self, i):
-            return torch.full((2, 2, 32, 32), float(i)), i % 11
-
-    monkeypatch.setattr(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (Frames(8), Frames(3)), raising=False)
+    monkeypatch.setattr(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(3)),
+                        raising=False)
     cfg = load_config(['--dataset', 'dvs128-gesture', '--batch-size', '4', '--workers', '0', '--mixup', '0.5',
                        '--mixup-prob', '1', '--output', str(tmp_path)])
     train_loader, eval_loader, mixup_fn = build_loaders(cfg)

@@ -14,8 +14,8 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
-from helpers import (CIFAR10_YML, TINY, TINY_MODEL, EagerScaler, assert_same_run, read_summary, train_and_kill,
-                     two_process_training, write_cifar10)
+from helpers import (CIFAR10_YML, TINY, TINY_MODEL, CountingEma, EagerScaler, assert_same_run, read_summary,
+                     train_and_kill, two_process_training, write_cifar10)
 from utils.config import load_config
 from utils.engine import train_loss_fn, train_one_epoch
 from utils.factory import build_model
@@ -96,14 +96,6 @@ def setup():
     model = build_model(load_config(TINY_MODEL + ['-T', '1', '--img-size', '16', '--num-classes', '10']))
     images, targets = torch.randn(5 * B, 3, 16, 16), torch.randint(0, 10, (5 * B,))
     return model, [(images[i:i + B], targets[i:i + B]) for i in range(0, 5 * B, B)]
-
-
-class CountingEma:
-    def __init__(self):
-        self.updates = 0
-
-    def update(self, model):
-        self.updates += 1
 
 
 def inf_gradients_on(model, backward_passes):

@@ -11,7 +11,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from helpers import CIFAR10_YML, TINY_MODEL, refused
+from helpers import CIFAR10_YML, TINY_MODEL, CountingEma, refused
 from utils.config import load_config
 from utils.engine import accumulation_group_size, train_loss_fn, train_one_epoch
 from utils.errors import NonFiniteLossError
@@ -38,14 +38,6 @@ class FrozenBatchNormStatistics(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-class CountingEma:
-    def __init__(self):
-        self.updates = 0
-
-    def update(self, model):
-        self.updates += 1
 
 
 @pytest.fixture(scope='module')

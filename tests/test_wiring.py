@@ -259,6 +259,8 @@ def test_event_augmentation_reaches_the_training_samples_only(synthetic_roots, t
 
 
 def test_random_erasing_reaches_the_loader(image_run):
+    """The training loader erases (on the normalised batch) with the run's probability, mode and up to ``recount``
+    boxes per image (timm's ``re_count`` is the maximum, the minimum staying 1)."""
     erasing = image_run.calls[0]['loader'].random_erasing
     r = IMAGE_RECIPE
     assert (erasing.probability, erasing.mode, erasing.min_count, erasing.max_count) == \
