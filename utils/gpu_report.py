@@ -134,6 +134,7 @@ def summary(out_dir: str, machine: Optional[str] = None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from .atomic import replace_atomically
     from .errors import UserError
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1 or not os.path.isdir(argv[0]):
@@ -142,8 +143,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     text = summary(argv[0])
     print(text, end='')
     path = os.path.join(argv[0], 'summary.md')
-    with open(path, 'w') as f:
-        f.write(text)
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+    replace_atomically(path, write)
     print(f'wrote {path}')
 
 
