@@ -1,4 +1,4 @@
-"""Spikingformer models and the Spikformer baseline. Importing this package registers the published variants with timm."""
+"""Spikingformer and the Spikformer baseline. Importing this package registers the published variants with timm."""
 import warnings
 
 # SpikingJelly scripts a few functions with torch.jit at import, which this torch deprecates: one warning per run
