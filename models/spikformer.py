@@ -1,4 +1,4 @@
-"""The Spikformer baseline (ZK-Zhou/spikformer), the model the Spikingformer paper compares against, in timm."""
+"""The Spikformer baseline (ZK-Zhou/spikformer), the model the Spikingformer paper compares against, in timm.
 
 It is built from the same building blocks as Spikingformer (models.layers), with the published differences as
 options of those blocks rather than a second copy of the network (docs/spikformer.md lists them with their sources):
