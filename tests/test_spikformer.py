@@ -196,3 +196,26 @@ def test_filter_tells_spikformer_and_spikingformer_apart():
     for model in (spikformer, spikingformer):
         state = model.state_dict()
         assert models.checkpoint_filter_fn({'state_dict': state}, model).keys() == state.keys()
+
+
+# ---- training with the engine ----------------------------------------------------------------------------------
+
+def test_one_epoch_of_the_spikformer_cifar_config_trains_and_evaluates(tmp_path):
+    """The published Spikformer CIFAR recipe (cifar10/spikformer_cifar10_4_384.yml), shrunk to a tiny model and one
+    epoch: the engine builds the Spikformer CIFAR layout (nn.Linear layers), trains it and its checkpoint evaluates
+    with test.py to the accuracy the run reported."""
+    from helpers import REPO, TINY_MODEL, write_cifar10
+    from utils import main as main_module
+    data = write_cifar10(tmp_path / 'cifar', 8, test=8)
+    config = str(REPO / 'cifar10' / 'spikformer_cifar10_4_384.yml')
+    run = tmp_path / 'run'
+    result = main_module.train_main(
+        ['--config', config, '--data-dir', str(data), '--output', str(run), '-T', '1', '--img-size', '16',
+         '--batch-size', '8', '--val-batch-size', '8', '--workers', '0', '--no-amp', '--epochs', '1',
+         '--cooldown-epochs', '0', '--aa', 'null'] + TINY_MODEL)
+    assert result['best_epoch'] == 0
+    checkpoint = torch.load(run / 'last.pth.tar', weights_only=True)
+    state = checkpoint['state_dict']
+    assert state['block.0.attn.q_linear.bias'].shape == (32,) and 'patch_embed.stages.3.conv.weight' in state
+    tested = main_module.test_main(['--checkpoint', str(run / 'last.pth.tar'), '--output', str(tmp_path / 'test')])
+    assert tested['top1'] == pytest.approx(result['best_top1'])
