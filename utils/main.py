@@ -1,7 +1,8 @@
 """The two entry points every data set's ``train.py`` and ``test.py`` call: :func:`train_main`, :func:`test_main`.
 
 Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>``; on ``--resume`` the resumed run's
-folder): ``args.yaml`` (the resolved config), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
+folder): ``args.yaml`` (the resolved config), ``run.json`` (how each start was made: command, git commit, versions,
+host; ``utils.provenance``), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
 start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
@@ -37,6 +38,7 @@ from .errors import UserError, free_space_text, writing
 from .factory import build_model
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
+from .provenance import file_sha256, record_run_start, run_provenance
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
 
@@ -186,12 +188,14 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     check_cross_keys(cfg)
     info = init_distributed(cfg)
     try:
-        return _train(cfg, info, resume)
+        provenance = dict(run_provenance([sys.argv[0], *argv], info.device, info.world),
+                          resumed_from=resume.path if resume is not None else None)
+        return _train(cfg, info, resume, provenance)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
+def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Optional[dict] = None) -> dict:
     """The run. Under several processes each start-up step is a :class:`fail_together` block, so that a failure in
     one process (rank 0's checks and writes of the run folder included) stops them all with one message, and the
     run folder is written (rank 0) only once every process has its data, model and checkpoint."""
@@ -247,6 +251,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         if info.is_main:
             check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
             notes = start_folder(cfg, resume)
+            if provenance is not None:  # run.json: how this start was made (one entry per start)
+                with writing(cfg.output, 'The run has not started.'):
+                    record_run_start(cfg.output, provenance)
             with writing(cfg.output, 'The run has not started.'):
                 write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
             rows = _read_summary(summary_path, start_epoch)
@@ -307,7 +314,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
                 rows.append(row)
                 _write_summary(summary_path, rows, columns)
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
-                                        scaler, ema, info.world)
+                                        scaler, ema, info.world, provenance)
                 save_run_checkpoint(cfg.output, state, is_best)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         clock.end_epoch(train['seconds'])
@@ -335,6 +342,15 @@ def load_trained_model(cfg: Config, checkpoint, device: torch.device) -> torch.n
     return model.to(device)
 
 
+def evaluation_provenance(path: str, checkpoint, argv: Sequence[str], device) -> dict:
+    """What a results file records about how it was made: the checkpoint's SHA-256, the provenance of the run that
+    wrote it (``checkpoint['provenance']``, None for checkpoints that do not record one, e.g. the published ones)
+    and this evaluation's own (``utils.provenance``)."""
+    recorded = checkpoint.get('provenance') if isinstance(checkpoint, dict) else None
+    return dict(checkpoint_sha256=file_sha256(path), checkpoint_provenance=recorded,
+                provenance=run_provenance(argv, device))
+
+
 def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
     """Evaluate ``--checkpoint`` on the validation split; print, then write ``results.json`` into ``--output``.
 
@@ -360,7 +376,8 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
-                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
+                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset,
+                   **evaluation_provenance(cfg.checkpoint, checkpoint, [sys.argv[0], *argv], device))
     print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
           f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}', flush=True)
     path = os.path.join(output, 'results.json')

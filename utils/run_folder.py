@@ -34,8 +34,8 @@ from .errors import UserError, size_text, writing
 
 # Temporary files of an atomic write (``utils.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>`` and
 # ``<name>.tmp``): garbage once their writer is gone.
-_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml)\.tmp\d*'
-                        r'(?:\.(?:tar|csv|yaml))?$')
+_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml|run\.json)\.tmp\d*'
+                        r'(?:\.(?:tar|csv|yaml|json))?$')
 _MAX_LISTED = 10
 
 
