@@ -496,10 +496,13 @@ def check_cross_keys(cfg: Config) -> None:
                           f'--mixup 0 --cutmix 0.')
 
 
-def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.atomic``)."""
+def save_config(cfg: Config, path: str, header: Optional[str] = None) -> None:
+    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.atomic``);
+    ``header`` becomes a comment line above it."""
     def write(tmp):
         with open(tmp, 'w') as f:
+            if header:
+                f.write(f'# {header}\n')
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, default_flow_style=None)
     replace_atomically(path, write)
 

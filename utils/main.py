@@ -35,7 +35,7 @@ from .distributed import (DistInfo, cleanup_distributed, fail_together, init_dis
                           sync_bn_stats)
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
-from .factory import build_model
+from .factory import architecture_label, architecture_overrides, build_model, override_note, run_name
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
 from .provenance import file_sha256, record_run_start, run_provenance
@@ -106,7 +106,8 @@ def check_optimizer_and_schedule(cfg: Config) -> None:
 
 
 def default_output(cfg: Config, kind: str) -> str:
-    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{cfg.model}')
+    name = run_name(cfg.model, architecture_overrides(cfg))  # the architecture that runs, not only the variant's
+    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{name}')
 
 
 class RunLog:
@@ -269,7 +270,10 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
     for note in notes:
         log(note)
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
-    log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
+    if override_note(cfg):
+        log(override_note(cfg))
+    log(f'{architecture_label(cfg.model, architecture_overrides(cfg))}: '
+        f'{sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
         f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
         f'{num_epochs} epochs, {info.world} process(es) on {device}, '
         f'amp {_dtype_name(amp_dtype)}, evaluation in {_dtype_name(eval_dtype, "float32")}, run {cfg.output}')
