@@ -28,7 +28,7 @@ from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .atomic import replace_atomically
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
+from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
@@ -364,7 +364,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     evaluation, and the metrics are printed before they are written, so a failed write loses nothing.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(argv, default_config)
+    cfg = load_config(argv, default_config, help_keys=EVALUATION_KEYS)
     if cfg.checkpoint is None:
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
