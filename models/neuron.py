@@ -1,4 +1,4 @@
-"""The one spiking neuron of Spikingformer: a multi-step LIF with hard reset (SPEC section 1).
+"""The one spiking neuron of Spikingformer: a multi-step LIF with hard reset (docs/recipe.md section 1).
 
 Every neuron of the network is built by :func:`lif`, the single factory, so the neuron model, its constants and
 its compute backend are decided in one place.
