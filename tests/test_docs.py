@@ -77,3 +77,10 @@ def test_no_file_refers_outside_the_repository():
                     if OUTSIDE.search(line):
                         found.append(f'{os.path.relpath(path, REPO)}:{number}: {line.strip()[:100]}')
     assert not found, 'references outside the repository:\n' + '\n'.join(found)
+
+
+def test_ci_runs_the_readme_test_command_character_for_character():
+    """CI (``.ci/run``) runs exactly the README's test command, so that a fresh clone passes what the README says."""
+    command = [line for line in (REPO / '.ci' / 'run').read_text().splitlines() if line.strip()][-1]
+    assert command.endswith('.venv/bin/python -m pytest -q')
+    assert command in (REPO / 'README.md').read_text().splitlines()

@@ -295,7 +295,7 @@ def test_tau_division_against_the_cupy_reciprocal(capsys):
     statistics: firing rates of 0.1-15%) is fed its own input again through the reciprocal arithmetic: the charges
     differ in about a third of the steps, the spikes almost never, and the count is printed. For tau 2 (images)
     the two are the same arithmetic. TAU_TEST_DRAWS / TAU_TEST_SAMPLES (default 1 / 1) enlarge the measurement:
-    the README's figure is TAU_TEST_DRAWS=4 TAU_TEST_SAMPLES=4."""
+    docs/differences.md's figure is TAU_TEST_DRAWS=4 TAU_TEST_SAMPLES=4."""
     draws, samples = int(os.environ.get('TAU_TEST_DRAWS', 1)), int(os.environ.get('TAU_TEST_SAMPLES', 1))
     cfg = load_config([], str(REPO / 'dvs128-gesture' / 'dvs128gesture.yml'))
     steps = flips_mul = flips_fma = 0
