@@ -22,7 +22,7 @@ OUTSIDE = re.compile(r'\b' + 'SP' + r'EC\b|\.\./shared\b|/work/(?:main|wt|shared
 
 
 def _links(text: str) -> list:
-    return [t for t in LINK.findall(text) if not re.match(r'^(?:[a-z]+:|#)', t)]
+    return [t for t in LINK.findall(text) if not re.match(r'^(?:[a-z]+:|#)', t)]  # relative files only
 
 
 def _named_paths(text: str) -> set:
@@ -44,6 +44,28 @@ def test_relative_links_exist(doc):
     assert not missing, f'{doc.name} links to missing files: {missing}'
 
 
+def _anchors(markdown: str) -> set:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens (code blocks hold no headings)."""
+    text = re.sub(r'```.*?```', '', markdown, flags=re.S)
+    return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-')
+            for h in re.findall(r'^#{1,6} (.+)$', text, re.M)}
+
+
+@pytest.mark.parametrize('doc', DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_anchors_of_links_exist(doc):
+    """``file.md#section`` and ``#section`` links name a heading of that file (files not there yet are the test
+    above's)."""
+    text, broken = doc.read_text(), []
+    for target in LINK.findall(text):
+        if '#' not in target or re.match(r'^[a-z]+:', target):
+            continue
+        name, anchor = target.split('#', 1)
+        path = doc.parent / name if name else doc
+        if path.suffix == '.md' and path.exists() and anchor not in _anchors(path.read_text()):
+            broken.append(target)
+    assert not broken, f'{doc.name} links to missing sections: {broken}'
+
+
 @pytest.mark.parametrize('doc', DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_named_repository_paths_exist(doc):
     missing = sorted(p for p in _named_paths(doc.read_text()) if not glob.glob(str(REPO / p)))
@@ -62,6 +84,8 @@ def test_the_checks_see_links_and_paths():
            '--config cifar10/quickstart.yml`; ```\nls output/train/<run>/ models/neuron.py\n```'
     assert _links(text) == ['docs/a.md#x', 'energy/figures/f.png']
     assert _named_paths(text) == {'cifar10/train.py', 'cifar10/quickstart.yml', 'models/neuron.py'}
+    assert _anchors('# A b\n## CIFAR-10 / CIFAR-100 (one GPU)\n```\n# not a heading\n```\n### How: run.json') == \
+        {'a-b', 'cifar-10--cifar-100-one-gpu', 'how-runjson'}
 
 
 def test_no_file_refers_outside_the_repository():
