@@ -35,6 +35,12 @@ def test_overrides_are_the_values_that_differ_from_the_variant(config, argv, exp
     assert architecture_overrides(cfg) == expected
 
 
+@pytest.mark.parametrize('model', ['Spikingformer', 'resnet18', 'spikingformer_typo'])
+def test_models_without_a_registered_architecture_have_no_overrides(model):
+    cfg = load_config(['--config', QUICKSTART, '--model', model])
+    assert architecture_overrides(cfg) == {} and override_note(cfg) is None
+
+
 def test_note_names_where_each_override_comes_from():
     cfg = load_config(['--config', QUICKSTART, '--num-heads', '4'])
     note = override_note(cfg)

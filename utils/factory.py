@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import models  # noqa: F401  (registers the models with timm)
+from models.spikingformer import VARIANTS
 
 from .config import Config, ConfigError
 
@@ -43,9 +44,10 @@ ARCHITECTURE_KEYS = {'depths': 'depths', 'embed_dims': 'embed_dims', 'num_heads'
 @functools.lru_cache(maxsize=None)
 def registered_architecture(name: str) -> Optional[dict]:
     """``{'depths', 'embed_dims', 'num_heads', 'T'}`` of registered variant ``name`` as its entry point builds it
-    (on the ``meta`` device: no memory, no initialisation), or None for a name that fixes no architecture (the
-    generic ``Spikingformer``) or is not registered."""
-    if name == 'Spikingformer' or name not in timm.list_models():
+    (on the ``meta`` device: no memory, no initialisation), or None for any other name: the generic
+    ``Spikingformer`` fixes no architecture, and other timm models (or typos, refused later by :func:`build_model`)
+    have none of these numbers."""
+    if name not in VARIANTS:
         return None
     with torch.device('meta'):
         model = timm.create_model(name)
