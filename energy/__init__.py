@@ -1,4 +1,5 @@
-"""The paper's energy estimate (SPEC section 6) for any Spikingformer, found from the model with forward hooks.
+"""The paper's energy estimate (docs/recipe.md section 6) for any Spikingformer, found from the model with forward
+hooks.
 
 ``estimate_energy(model, batches)`` evaluates the model once and returns an :class:`EnergyReport`: per sample,
 MACs (layers on real-valued input: the first convolution over all T steps, the head), ACs (layers on spikes, times

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from utils.config import (Bounds, Config, Key, config_from_checkpoint, has_config_option, load_config,
+from utils.config import (EVALUATION_KEYS, Bounds, Config, Key, config_from_checkpoint, has_config_option, load_config,
                           recorded_config)
 from utils.atomic import replace_atomically
 from utils.errors import UserError, writing
@@ -47,7 +47,7 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
     from utils.main import amp_setup, default_output, load_trained_model
     from utils.run_folder import check_output_location
 
-    cfg = load_config(argv, None, extra_keys=extra_keys)
+    cfg = load_config(argv, None, extra_keys=extra_keys, help_keys=EVALUATION_KEYS + tuple(extra_keys))
     if cfg.checkpoint is None:
         raise UserError(f'--checkpoint PATH is required: the .pth.tar file {purpose} (a run\'s '
                         f'model_best.pth.tar, or a published checkpoint with the --config of its data set).')

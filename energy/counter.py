@@ -1,4 +1,5 @@
-"""Operation counting with forward hooks: which layer does MACs, which does ACs, and how many (SPEC section 6).
+"""Operation counting with forward hooks: which layer does MACs, which does ACs, and how many (docs/recipe.md section
+6).
 
 Everything is found from the model itself, by module type, never by module name (the hooks and the spike
 provenance are :class:`energy.hooks.SpikeHooks`, shared with the spike recorder):

@@ -1,4 +1,4 @@
-"""``estimate_energy``: one evaluation pass that also counts operations (SPEC section 6)."""
+"""``estimate_energy``: one evaluation pass that also counts operations (docs/recipe.md section 6)."""
 import contextlib
 from typing import Iterable, Optional
 

@@ -1,7 +1,7 @@
 """The paper's published energy numbers (ImageNet; the paper gives none for CIFAR or the DVS datasets).
 
 The paper's "FLOPs" column is the AC count: its energy is ``0.9 pJ x that + 4.6 pJ x MACs`` (e.g. 8-768:
-``0.9 x 12.54 G + 4.6 x 0.521 G = 13.68 mJ``). MAC counts are weight-independent and exact (SPEC section 6).
+``0.9 x 12.54 G + 4.6 x 0.521 G = 13.68 mJ``). MAC counts are weight-independent and exact (docs/recipe.md section 6).
 """
 from dataclasses import dataclass, field
 from typing import Optional

@@ -80,7 +80,7 @@ class AttentionRates:
 
 @dataclass
 class EnergyReport:
-    """Per-sample operation counts and energy, averaged over ``samples`` evaluated samples (SPEC section 6).
+    """Per-sample operation counts and energy, averaged over ``samples`` evaluated samples (docs/recipe.md section 6).
 
     ``energy_mj = (e_mac_pj * mac_ops + e_ac_pj * ac_ops) * 1e-9``; ``top1`` is in percent, ``None`` without
     targets. ``groups`` maps each operation's name to 'tokenizer', 'attention', 'MLP', 'head' or 'other' (for the

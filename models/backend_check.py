@@ -16,12 +16,12 @@ of the backward from the same potentials. Requirements:
   TorchScript's fuser (NNC: on by default for CUDA, off for CPU) can fuse SpikingJelly's scripted charge there; its
   CUDA code computes a float16/bfloat16 ``v + (x - v) / tau`` in float32 and rounds once instead of three times,
   which changes 100-1,500 of the 4M spikes of a row (emulated on CPU; not yet seen on a GPU). Both reported only:
-  the published numerics are the torch backend's in float32 (SPEC section 1), and 'fused' is held to the true
+  the published numerics are the torch backend's in float32 (docs/recipe.md section 1), and 'fused' is held to the true
   division in every dtype.
 * 'cupy' (SpikingJelly's CUDA kernel, float32 and float16; no bfloat16 kernel) equals 'torch' in float32 for tau 2
-  (SPEC section 1: identical outputs and gradients). Its float16 kernel runs the recurrence in half precision and,
-  for tau 1.5, multiplies by float32(1/tau) (SPEC section 1): those rows are reported, with a sanity bound only
-  (under 1 % of spikes differ from 'torch', finite gradients).
+  (docs/recipe.md section 1: identical outputs and gradients). Its float16 kernel runs the recurrence in half precision
+  and, for tau 1.5, multiplies by float32(1/tau) (docs/recipe.md section 1): those rows are reported, with a sanity
+  bound only (under 1 % of spikes differ from 'torch', finite gradients).
 
 Model level (:func:`model_rows`, :func:`model_failure`): the published CIFAR reference record
 (``tests/fixtures``, tau 2) in train mode, one cross-entropy backward, float32 and under float16/bfloat16 autocast,
@@ -43,7 +43,7 @@ from .neuron import LIF, cupy_available
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 CUPY_DTYPES = ('float32', 'float16')
-ALPHA = 4.0  # the surrogate's (SPEC section 1)
+ALPHA = 4.0  # the surrogate's (docs/recipe.md section 1)
 
 
 def paths_on(device: torch.device) -> list:

@@ -1,4 +1,4 @@
-"""The ``fused`` LIF backend: the multi-step LIF of SPEC section 1 as one autograd node with a hand-written backward.
+"""The ``fused`` LIF backend: the LIF of docs/recipe.md section 1 as one autograd node with a hand-written backward.
 
 Why a custom :class:`torch.autograd.Function` instead of SpikingJelly's ``torch`` backend: that backend builds the
 recurrence out of single-step calls, so autograd records about a dozen nodes per time step and keeps several
@@ -54,8 +54,8 @@ def _divisor(tau: float, x: torch.Tensor):
     """``tau`` in the form that makes ``x / tau`` a true, correctly rounded division on ``x``'s device.
 
     On CPU a Python float does. CUDA turns division by a CPU scalar into a multiplication by its reciprocal (one bit
-    less exact, and for tau = 1.5 able to flip a spike at the threshold, SPEC section 1), so there the divisor is a
-    0-dim tensor on the device, which takes the true-division kernel.
+    less exact, and for tau = 1.5 able to flip a spike at the threshold, docs/recipe.md section 1), so there the
+    divisor is a 0-dim tensor on the device, which takes the true-division kernel.
     """
     if x.device.type == 'cpu':
         return tau
@@ -113,8 +113,9 @@ def lif_backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_t
     # surrogate: g_s * alpha * sig(alpha u) * (1 - sig(alpha u)), u = h - v_th
     sg = torch.sub(h_seq, v_threshold).mul_(alpha).sigmoid_()
     grad = torch.ops.aten.sigmoid_backward(grad_spikes, sg)  # g_s * (1 - sig) * sig, still to be scaled by alpha
-    # With alpha a power of two (SPEC: 4) the recurrence below can run on g_h / alpha, which is g_h scaled exactly,
-    # and the final g_h / tau becomes one division by tau / alpha: one pass over [T, N] less, same roundings.
+    # With alpha a power of two (docs/recipe.md section 1: 4) the recurrence below can run on g_h / alpha, which is
+    # g_h scaled exactly, and the final g_h / tau becomes one division by tau / alpha: one pass over [T, N] less, same
+    # roundings.
     exact_scale = math.frexp(alpha)[0] == 0.5
     if not exact_scale:
         grad.mul_(alpha)

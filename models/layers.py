@@ -1,4 +1,4 @@
-"""Building blocks of Spikingformer (SPEC section 2): tokenizer, spiking self-attention, MLP, encoder block.
+"""Building blocks of Spikingformer (docs/recipe.md section 2): tokenizer, spiking self-attention, MLP, encoder block.
 
 Every activation is time-first ``[T, B, ...]``. Convolutions and BatchNorm run on ``[T*B, ...]`` (time merged
 into the batch) and are reshaped back. Each branch starts with a LIF, so every convolution inside the encoder

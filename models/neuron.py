@@ -1,11 +1,11 @@
-"""The one spiking neuron of Spikingformer: a multi-step LIF with hard reset (SPEC section 1).
+"""The one spiking neuron of Spikingformer: a multi-step LIF with hard reset (docs/recipe.md section 1).
 
 Every neuron of the network is built by :func:`lif`, the single factory, so the neuron model, its constants and
 its compute backend are decided in one place.
 
 The neuron is SpikingJelly's ``activation_based.neuron.LIFNode`` in multi-step mode (decay_input, v_reset 0,
-detach_reset, surrogate ``Sigmoid(alpha=4)``), which computes exactly what the published
-``clock_driven.MultiStepLIFNode`` computes. Two things are added on top:
+detach_reset, surrogate ``Sigmoid(alpha=4)``), the neuron of the published ``clock_driven.MultiStepLIFNode``
+(its ``torch`` backend's arithmetic exactly; for the CuPy kernel see ``'cupy'`` below). Two things are added on top:
 
 * **No state between calls.** SpikingJelly neurons keep their membrane potential after a forward pass, and the
   published scripts must call ``functional.reset_net`` after every batch; forgetting it silently corrupts the next
@@ -15,12 +15,15 @@ detach_reset, surrogate ``Sigmoid(alpha=4)``), which computes exactly what the p
   CuPy or a GPU. Backends here:
 
   - ``'torch'``: SpikingJelly's plain PyTorch backend, any device; the baseline the others are checked against.
-  - ``'cupy'``: SpikingJelly's CuPy CUDA kernel (float32 and float16 only; needs CuPy).
+  - ``'cupy'``: SpikingJelly's CuPy CUDA kernel (float32 and float16 only; needs CuPy). SpikingJelly 0.0.0.0.14
+    runs it in training only (in ``eval()`` its TorchScript path divides by tau), and its float16 charge rounds
+    twice where the published 0.0.0.0.12 kernel used one fused multiply-add: not the published kernel in those two
+    cases, which matter for tau 1.5 only (docs/differences.md, *The neuron on a GPU*).
   - ``'fused'``: :mod:`models.fused_lif`, one autograd node per neuron with a hand-written backward, any device and
     dtype. Same spikes as ``'torch'`` bit for bit (same operations in the same order and dtype, true division by
     tau), gradients equal up to float rounding, a fraction of the memory and of the time.
-  - ``'auto'`` (default): ``'cupy'`` where the published code ran (CUDA input, CuPy importable, float32 or float16),
-    ``'fused'`` everywhere else (CPU, CUDA without CuPy, bfloat16).
+  - ``'auto'`` (default): ``'cupy'`` on CUDA input with CuPy importable in float32 or float16 (where the published
+    code ran its kernel), ``'fused'`` everywhere else (CPU, CUDA without CuPy, bfloat16).
 """
 import functools
 

@@ -1,6 +1,6 @@
 """Spikingformer: one model definition for every published variant, registered with timm.
 
-The published variants are registered names whose entry points only set architecture numbers (SPEC section 3).
+The published variants are registered names whose entry points only set architecture numbers (docs/recipe.md section 3).
 ``Spikingformer`` is the published generic entry point: it takes the published keyword names, including those the
 published scripts pass although they change nothing (accepted and ignored, see ``IGNORED_KWARGS``).
 """
@@ -18,7 +18,8 @@ from .neuron import lif
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-# Tokenizer layouts (SPEC section 2). 'dvs' is the ImageNet tokenizer with tau 1.5 and event input [B, T, C, H, W].
+# Tokenizer layouts (docs/recipe.md section 2). 'dvs' is the ImageNet tokenizer with tau 1.5 and event input [B, T, C,
+# H, W].
 LAYOUTS = {
     'imagenet': dict(pool_stages=(1, 2, 3, 4), tau=2.0, events=False),
     'cifar': dict(pool_stages=(3, 4), tau=2.0, events=False),

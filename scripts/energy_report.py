@@ -1,4 +1,4 @@
-"""The paper's energy estimate (SPEC section 6) of a checkpoint, from one evaluation pass.
+"""The paper's energy estimate (docs/recipe.md section 6) of a checkpoint, from one evaluation pass.
 
     python scripts/energy_report.py --config imagenet/imagenet.yml --checkpoint PATH --data-dir DIR --output DIR
         [--limit-batches N] [--use-ema] [--precision float32|amp] [--rate-average samples|batches]

@@ -43,7 +43,7 @@ def test_two_processes_train_into_one_run_folder(ddp_runs, name):
     assert stdout.count('epoch 1: train loss') == 1, stdout  # rank 1 prints nothing
     assert '2 process(es)' in stdout
     assert sorted(p for p in os.listdir(out) if not p.startswith('events.')) == \
-        ['args.yaml', 'last.pth.tar', 'log.txt', 'model_best.pth.tar', 'summary.csv']
+        ['args.yaml', 'last.pth.tar', 'log.txt', 'model_best.pth.tar', 'run.json', 'summary.csv']
 
 
 def test_both_launchers_give_the_same_run(ddp_runs):

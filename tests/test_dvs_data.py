@@ -2,7 +2,7 @@
 CIFAR10-DVS split and the per-sample augmentation.
 
 Raw recordings are written here byte by byte with struct (independently of the code under test); expected
-events and frames are computed here from the SPEC section 5 rules.
+events and frames are computed here from the docs/recipe.md section 5 rules.
 """
 import io
 import math
@@ -77,7 +77,7 @@ def aedat20_file(events, header_lines=30):
 
 
 def cifar_expected(events):
-    """SPEC section 5: x' = 127 - y, y' = 127 - x, p' = 1 - p."""
+    """docs/recipe.md section 5: x' = 127 - y, y' = 127 - x, p' = 1 - p."""
     return {'t': [t for t, *_ in events], 'x': [127 - y for _, x, y, _ in events],
             'y': [127 - x for _, x, y, _ in events], 'p': [1 - p for *_, p in events]}
 
@@ -133,7 +133,8 @@ def write_cifar_raw(folder, rng, per_class=10, extra=None):
 
 
 def frames_by_count(ev, T):
-    """SPEC section 5 frames, computed here: T slices of N // T events (last takes the rest), polarity counts."""
+    """docs/recipe.md section 5 frames, computed here: T slices of N // T events (last takes the rest), polarity
+    counts."""
     n = len(ev['t'])
     frames = np.zeros((T, 2, 128, 128), np.float32)
     for i in range(T):

@@ -1,5 +1,5 @@
-"""The energy estimate (SPEC section 6): hand-computed counts on toy networks, the published calculator's arithmetic,
-the weight-independent ImageNet MAC counts, and unchanged model outputs."""
+"""The energy estimate (docs/recipe.md section 6): hand-computed counts on toy networks, the published calculator's
+arithmetic, the weight-independent ImageNet MAC counts, and unchanged model outputs."""
 import dataclasses
 import inspect
 import math
@@ -221,8 +221,8 @@ def test_attention_rates_are_the_published_rates(reference):
 # -------------------------------------------------------------------------------- published MAC counts, ImageNet
 @pytest.mark.parametrize('name, macs', [('spikingformer_8_512', 347_329_512), ('spikingformer_8_768', 520_993_768)])
 def test_imagenet_mac_counts(name, macs):
-    """Weight-independent MACs per ImageNet image (SPEC section 6): the first convolution over T = 4 steps plus the
-    head (weights and bias)."""
+    """Weight-independent MACs per ImageNet image (docs/recipe.md section 6): the first convolution over T = 4 steps
+    plus the head (weights and bias)."""
     model = timm.create_model(name)
     report = energy.estimate_energy(model, [torch.randn(1, 3, 224, 224)])
     assert report.mac_ops == macs

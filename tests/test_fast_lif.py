@@ -49,7 +49,8 @@ def test_fused_matches_torch_backend(tau, v_threshold):
 
 
 def test_fused_divides_by_tau():
-    """For tau = 1.5 a multiplication by 1/tau flips spikes at the threshold (SPEC section 1); the fused path divides.
+    """For tau = 1.5 a multiplication by 1/tau flips spikes at the threshold (docs/recipe.md section 1); the fused path
+    divides.
 
     Step 1 leaves a potential v below the threshold; the step-2 inputs are the floats around the one that charges v
     exactly to the threshold 1.

@@ -89,7 +89,8 @@ def test_neuron_paths(record, path, dtype, tau):
 
 @pytest.mark.parametrize('dtype', list(DTYPES))
 def test_auto_picks_the_published_kernel_where_it_runs(dtype):
-    """'auto' runs CuPy on CUDA float32/float16 when CuPy imports (the published runs' kernel), else 'fused'."""
+    """'auto' runs CuPy on CUDA float32/float16 when CuPy imports (in training SpikingJelly's CuPy kernel; in eval
+    SpikingJelly 0.0.0.0.14 runs its TorchScript path, docs/differences.md), else 'fused'."""
     x = torch.zeros(2, device=DEVICE, dtype=DTYPES[dtype])
     expected = 'cupy' if DEVICE.type == 'cuda' and cupy_available() and dtype in CUPY_DTYPES else 'fused'
     assert resolve_backend('auto', x) == expected

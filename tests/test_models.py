@@ -11,7 +11,7 @@ from conftest import reference_model
 import models
 from models.neuron import cupy_available, resolve_backend
 
-# SPEC section 3: (registered name, extra kwargs, exact parameter count without the unused LayerNorms)
+# docs/recipe.md section 3: (registered name, extra kwargs, exact parameter count without the unused LayerNorms)
 PARAM_COUNTS = [
     ('spikingformer_8_384', {}, 16_816_024),
     ('spikingformer_8_512', {}, 29_689_384),
@@ -157,7 +157,7 @@ def test_lif_follows_the_spec_recurrence(tau, threshold):
     neuron = models.lif(tau=tau, v_threshold=threshold)
     spikes = neuron(x)
     v = torch.zeros_like(x[0])
-    for t in range(x.shape[0]):  # SPEC section 1, dividing by tau
+    for t in range(x.shape[0]):  # docs/recipe.md section 1, dividing by tau
         h = v + (x[t] - v) / tau
         s = (h >= threshold).float()
         v = h * (1 - s)

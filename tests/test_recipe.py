@@ -1,4 +1,4 @@
-"""Recipe fidelity: every published row resolves to the effective published recipe (SPEC section 4, "What the
+"""Recipe fidelity: every published row resolves to the effective published recipe (docs/recipe.md section 4, "What the
 published runs actually did"), and the behaviours behind it: mixing order, mixup schedule, evaluation precision,
 DVS augmentation bins, and the neuron's tau rounding."""
 import os
@@ -22,7 +22,7 @@ from utils.factory import build_model
 # ------------------------------------------------------------------ every published row, pinned with its source
 # Sources: "YAML" = the published imagenet/imagenet.yml, cifar10/cifar10.yml or cifar100/cifar100.yml; "ARG" = an
 # argparse default of the published train.py of that data set; "LOG" = the published training log; "CODE" = the
-# published training code itself; "SPEC 3/4" = ../shared/SPEC.md, which cites them.
+# published training code itself; "docs/recipe.md section N" = this repository's account of them.
 IMAGES = dict(  # ImageNet and CIFAR rows: timm's training script, as published
     opt='adamw', sched='cosine', smoothing=0.1, amp=True,  # YAML
     opt_eps=1e-8,  # ARG --opt-eps None: timm's AdamW default
@@ -35,7 +35,7 @@ IMAGES = dict(  # ImageNet and CIFAR rows: timm's training script, as published
     mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch',  # YAML
     model_ema=False, seed=42,  # ARG
     eval_amp=True,  # CODE: validate() runs the model under amp_autocast
-    dist_bn='broadcast',  # ARG --dist-bn '': no averaging; DDP broadcasts rank 0's buffers (SPEC 4)
+    dist_bn='broadcast',  # ARG --dist-bn '': no averaging; DDP broadcasts rank 0's buffers (docs/recipe.md section 4)
 )
 IMAGENET = dict(
     IMAGES, dataset='imagenet', num_classes=1000, img_size=224, epochs=300,  # YAML
@@ -50,7 +50,7 @@ CIFAR = dict(
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),  # YAML
     weight_decay=0.06, warmup_lr=1e-5, aa='rand-m9-n1-mstd0.4-inc1', color_jitter=0.0,  # YAML
     mixup=0.5, cutmix=0.0,  # YAML
-    mixup_off_epoch=None,  # YAML says 200, but CODE: the flag never reached the persistent workers (SPEC 4)
+    mixup_off_epoch=None,  # YAML says 200, but CODE: the flag never reached the persistent workers (recipe.md 4)
     time_steps=4,  # YAML time_step: 4
 )
 DVS = dict(  # dvs128-gesture/train.py and cifar10-dvs/train.py, all ARG unless noted
@@ -67,7 +67,7 @@ DVS = dict(  # dvs128-gesture/train.py and cifar10-dvs/train.py, all ARG unless 
 ROWS = {  # config: (expected values, architecture (depths, embed_dims, heads, classes, T, tau))
     'imagenet/spikingformer_8_384.yml': (dict(IMAGENET, model='spikingformer_8_384', num_heads=8,  # YAML heads
                                               batch_size=36, val_batch_size=36),  # YAML; no log of this run
-                                         (8, 384, 8, 1000, 4, 2.0)),  # SPEC 3
+                                         (8, 384, 8, 1000, 4, 2.0)),  # docs/recipe.md section 3
     'imagenet/spikingformer_8_512.yml': (dict(IMAGENET, model='spikingformer_8_512', num_heads=8,
                                               batch_size=36, val_batch_size=36),  # YAML; LOG 4,448 it/epoch, 174
                                          (8, 512, 8, 1000, 4, 2.0)),  # evaluation batches of 6,250 per rank
@@ -75,7 +75,7 @@ ROWS = {  # config: (expected values, architecture (depths, embed_dims, heads, c
                                    batch_size=24, val_batch_size=24),  # LOG 6,672 it/epoch, 261 eval batches
                               (8, 768, 8, 1000, 4, 2.0)),
     'cifar10/cifar10_4_256.yml': (dict(CIFAR, dataset='cifar10', num_classes=10, epochs=300),  # paper: 300 epochs
-                                  (4, 256, 16, 10, 4, 2.0)),  # SPEC 3 (heads not published)
+                                  (4, 256, 16, 10, 4, 2.0)),  # docs/recipe.md section 3 (heads not published)
     'cifar10/cifar10_2_384.yml': (dict(CIFAR, dataset='cifar10', num_classes=10, epochs=300),
                                   (2, 384, 12, 10, 4, 2.0)),
     'cifar10/cifar10_4_384.yml': (dict(CIFAR, dataset='cifar10', num_classes=10, epochs=300),
@@ -91,7 +91,7 @@ ROWS = {  # config: (expected values, architecture (depths, embed_dims, heads, c
     'cifar10/cifar100.yml': (dict(CIFAR, dataset='cifar100', num_classes=100, epochs=400),  # cifar100.yml
                              (4, 384, 8, 100, 4, 2.0)),
     'dvs128-gesture/dvs128gesture.yml': (dict(DVS, dataset='dvs128-gesture', num_classes=11, epochs=192),  # ARG
-                                         (2, 256, 16, 11, 16, 1.5)),  # ARG --T 16; SPEC 1/3: tau 1.5
+                                         (2, 256, 16, 11, 16, 1.5)),  # ARG --T 16; recipe.md 1, 3: tau 1.5
     'dvs128-gesture/dvs128gesture_t10.yml': (dict(DVS, dataset='dvs128-gesture', num_classes=11, epochs=192),
                                              (2, 256, 16, 11, 10, 1.5)),  # paper's T=10 row
     'cifar10-dvs/cifar10dvs.yml': (dict(DVS, dataset='cifar10-dvs', num_classes=10, epochs=96),  # ARG epochs 96
@@ -310,7 +310,7 @@ def test_tau_division_against_the_cupy_reciprocal(capsys):
     statistics: firing rates of 0.1-15%) is fed its own input again through the reciprocal arithmetic: the charges
     differ in about a third of the steps, the spikes almost never, and the count is printed. For tau 2 (images)
     the two are the same arithmetic. TAU_TEST_DRAWS / TAU_TEST_SAMPLES (default 1 / 1) enlarge the measurement:
-    the README's figure is TAU_TEST_DRAWS=4 TAU_TEST_SAMPLES=4."""
+    docs/differences.md's figure is TAU_TEST_DRAWS=4 TAU_TEST_SAMPLES=4."""
     draws, samples = int(os.environ.get('TAU_TEST_DRAWS', 1)), int(os.environ.get('TAU_TEST_SAMPLES', 1))
     cfg = load_config([], str(REPO / 'dvs128-gesture' / 'dvs128gesture.yml'))
     steps = flips_mul = flips_fma = 0

@@ -202,7 +202,8 @@ def test_two_srun_tasks_train_one_epoch(srun):
     assert '2 process(es)' in stdout[0]
     assert 'global batch 8 x 2 x 2 = 32' in stdout[0]
     assert sorted(p for p in os.listdir(out) if not p.startswith('events.')) == \
-        ['args.yaml', 'last.pth.tar', 'log.txt', 'model_best.pth.tar', 'summary.csv']
+        ['args.yaml', 'last.pth.tar', 'log.txt', 'model_best.pth.tar', 'run.json', 'summary.csv']
+    assert json.loads((out / 'run.json').read_text())['starts'][0]['host']['world_size'] == 2  # one entry, rank 0's
     assert [r['epoch'] for r in read_summary(out)] == ['0']
     assert yaml.safe_load((out / 'args.yaml').read_text())['grad_accum_steps'] == 2
     ranks = [torch.load(srun['dump'] / f'rank{r}.pt', weights_only=True) for r in range(2)]

@@ -307,8 +307,8 @@ def test_weight_decay_groups(image_run):
 
 
 def published_lr(epoch: int, r: dict) -> float:
-    """The published schedule (SPEC section 4): linear warmup from warmup_lr over the first warmup_epochs, inside a
-    cosine from lr to min_lr over ``epochs``, then cooldown_epochs at min_lr."""
+    """The published schedule (docs/recipe.md section 4): linear warmup from warmup_lr over the first warmup_epochs,
+    inside a cosine from lr to min_lr over ``epochs``, then cooldown_epochs at min_lr."""
     if epoch < r['warmup_epochs']:
         return r['warmup_lr'] + epoch * (r['lr'] - r['warmup_lr']) / r['warmup_epochs']
     if epoch < r['epochs']:

@@ -1,6 +1,6 @@
 """Vectorised decoders for the two raw event formats of the DVS datasets (NumPy 2 safe).
 
-Both decoders reproduce what SpikingJelly 0.0.0.0.14 stores for these datasets (SPEC section 5), without
+Both decoders reproduce what SpikingJelly 0.0.0.0.14 stores for these datasets (docs/recipe.md section 5), without
 its per-event Python loop (AEDAT 3.1) and without the NumPy-2-incompatible ``np.fromstring`` / ``np.bool``
 (AEDAT 2.0 of CIFAR10-DVS):
 

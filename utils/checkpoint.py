@@ -50,9 +50,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def make_checkpoint(model, optimizer, epoch: int, cfg, metric: float, best_metric: float, best_epoch: int,
-                    scaler=None, ema=None, world: int = 1) -> dict:
+                    scaler=None, ema=None, world: int = 1, provenance: Optional[dict] = None) -> dict:
     """The checkpoint of ``epoch``; ``world_size`` (the number of processes, ``world``) lets a resume keep the global
-    batch (``utils.run_folder.check_same_recipe``)."""
+    batch (``utils.run_folder.check_same_recipe``); ``provenance`` (``utils.provenance.run_provenance`` of the start
+    that wrote it: command, git commit, versions, host) lets ``test.py`` trace a checkpoint to its run."""
     state = dict(epoch=epoch, arch=cfg.model, state_dict=unwrap(model).state_dict(),
                  optimizer=optimizer.state_dict(), version=2, args=cfg.to_dict(), metric=metric,
                  best_metric=best_metric, best_epoch=best_epoch, world_size=world)
@@ -60,6 +61,8 @@ def make_checkpoint(model, optimizer, epoch: int, cfg, metric: float, best_metri
         state['state_dict_ema'] = unwrap(ema).state_dict()
     if scaler is not None:
         state['amp_scaler'] = scaler.state_dict()
+    if provenance is not None:
+        state['provenance'] = provenance
     return state
 
 

@@ -191,6 +191,14 @@ for _name in MAY_CHANGE_ON_RESUME:
 # The keys of one invocation rather than of the run: never taken from the config a checkpoint records.
 INVOCATION_KEYS = ('output', 'resume', 'checkpoint', 'use_ema', 'trust_checkpoint', 'local_rank')
 ALIASES = {'T': 'time_steps'}
+# The keys an evaluation reads (test.py, scripts/energy_report.py, scripts/spike_report.py: utils.main.test_main and
+# energy.cli.prepare_report): the checkpoint, the architecture, the evaluation data and loader, precision, device
+# and output. Their --help lists only these (and the script's own keys); a training config's other keys are still
+# accepted, since a checkpoint or a published YAML file carries them, and have no effect there.
+EVALUATION_KEYS = ('checkpoint', 'use_ema', 'trust_checkpoint', 'output', 'model', 'num_classes', 'time_steps',
+                   'num_heads', 'embed_dims', 'depths', 'neuron_backend', 'dataset', 'data_dir', 'dataset_download',
+                   'img_size', 'batch_size', 'val_batch_size', 'workers', 'mean', 'std', 'interpolation', 'crop_pct',
+                   'amp', 'amp_dtype', 'eval_amp', 'limit_eval_batches', 'device', 'threads')
 _NULLS = ('null', 'none', '~')
 _TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 
@@ -293,14 +301,15 @@ def _is_option(token: str) -> bool:
         return True
 
 
-def parse_cli(argv: Sequence[str], schema: Mapping[str, Key]) -> tuple:
-    """``(overrides, config_path)`` from command-line tokens; prints the help and exits on ``-h``/``--help``."""
+def parse_cli(argv: Sequence[str], schema: Mapping[str, Key], help_keys: Optional[Sequence[str]] = None) -> tuple:
+    """``(overrides, config_path)`` from command-line tokens; prints the help (of ``help_keys`` only, when given)
+    and exits on ``-h``/``--help``."""
     overrides, config_path, i = {}, None, 0
     argv = list(argv)
     while i < len(argv):
         token = argv[i]
         if token in ('-h', '--help'):
-            print_help(schema)
+            print_help(schema, help_keys)
             sys.exit(0)
         if not _is_option(token):
             raise ConfigError(f'unexpected argument {token!r}: options are written --key value (see --help)')
@@ -382,15 +391,17 @@ def _extra_schema(extra_keys: Optional[Mapping[str, Any]]) -> dict:
 
 
 def load_config(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None,
-                extra_keys: Optional[Mapping[str, Any]] = None, base: Optional[Mapping[str, Any]] = None) -> Config:
+                extra_keys: Optional[Mapping[str, Any]] = None, base: Optional[Mapping[str, Any]] = None,
+                help_keys: Optional[Sequence[str]] = None) -> Config:
     """Parse ``argv`` (default ``sys.argv[1:]``) into a :class:`Config`.
 
     The YAML file is ``--config PATH``, else ``default_config``; when neither is given, ``base`` (e.g. the config a
     checkpoint was trained with) stands in for it. ``extra_keys`` maps a script's own keys to their defaults (the
-    type follows the default; None makes a nullable string) or to :class:`Key` objects.
+    type follows the default; None makes a nullable string) or to :class:`Key` objects. ``help_keys``: the keys
+    ``--help`` lists (a script that reads only some, e.g. :data:`EVALUATION_KEYS`); every key is still accepted.
     """
     schema = _extra_schema(extra_keys)
-    overrides, config_path = parse_cli(sys.argv[1:] if argv is None else argv, schema)
+    overrides, config_path = parse_cli(sys.argv[1:] if argv is None else argv, schema, help_keys)
     values = {name: key.default for name, key in schema.items()}
     origins = dict.fromkeys(schema, 'the default')
     source = config_path or (None if base is not None else default_config)
@@ -498,18 +509,28 @@ def check_cross_keys(cfg: Config) -> None:
                           f'--mixup 0 --cutmix 0.')
 
 
-def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.atomic``)."""
+def save_config(cfg: Config, path: str, header: Optional[str] = None) -> None:
+    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.atomic``);
+    ``header`` becomes a comment line above it."""
     def write(tmp):
         with open(tmp, 'w') as f:
+            if header:
+                f.write(f'# {header}\n')
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, default_flow_style=None)
     replace_atomically(path, write)
 
 
-def print_help(schema: Mapping[str, Key] = SCHEMA) -> None:
+def print_help(schema: Mapping[str, Key] = SCHEMA, keys: Optional[Sequence[str]] = None) -> None:
+    """The usage and one line per key of ``schema`` (only ``keys``, in schema order, when given)."""
     print('usage: [--config FILE.yml] [--key value ...]   (- and _ are equivalent; -T = --time-steps)')
-    print('Defaults below are the schema\'s; the YAML file (the script\'s own unless --config) overrides them.\n')
+    print('Defaults below are the schema\'s; the YAML file (the script\'s own unless --config) overrides them.')
+    if keys is not None:
+        print('Only the keys this script reads are listed; the training keys of a config file or checkpoint are '
+              'accepted and have no effect here.')
+    print()
     for name, key in schema.items():
+        if keys is not None and name not in keys:
+            continue
         kind = 'list' if key.kind == FLOATS else key.kind.__name__
         choices = f' {{{"|".join(key.choices)}}}' if key.choices else ''
         print(f'  --{name.replace("_", "-"):<22} {kind}{choices}, default {key.default!r}: {key.help}')

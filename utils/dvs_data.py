@@ -22,7 +22,7 @@ Every dataset exposes ``sample_files`` (the source ``events_np/...npz`` of each 
 root, in dataset order) so the engine can write both file lists into the run folder.
 
 Train-side augmentation (``cfg.dvs_augment``): ``DVSAugment``, one random draw per sample applied identically
-to all T frames (SPEC section 4); mixup is the engine's.
+to all T frames (docs/recipe.md section 4); mixup is the engine's.
 
 NumPy 2: SpikingJelly's frame integration and frame loading work under NumPy 2 (checked by the tests); its
 CIFAR10-DVS *raw* reader does not (``np.fromstring`` binary mode, ``np.bool``), which is why raw decoding lives
@@ -68,7 +68,7 @@ def _get(cfg, key, default=None):
 # ----------------------------------------------------------------------------------------------- augmentation
 
 class DVSAugment:
-    """Per-sample augmentation of event frames ``[T, C, H, W]`` (SPEC section 4), one draw for all T frames.
+    """Per-sample augmentation of event frames ``[T, C, H, W]`` (docs/recipe.md section 4), one draw for all T frames.
 
     Horizontal flip with probability 0.5, then one operation drawn uniformly from identity, shear-x,
     translate-x, translate-y, rotate and cutout. The magnitude is one of ``num_bins`` (31) values

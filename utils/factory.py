@@ -1,9 +1,22 @@
 """The model of a config, through timm's registry (``import models`` registers the Spikingformer and Spikformer
-variants)."""
+variants), and the honest name of the architecture that runs.
+
+A registered variant's name (``spikingformer_cifar_4_256``) promises an architecture; config keys may override it
+(``depths``, ``embed_dims``, ``num_heads``, ``time_steps``). :func:`architecture_overrides` lists the keys whose value
+differs from the variant's, :func:`architecture_label` is the name for the start line and ``args.yaml``
+(``spikingformer_cifar_4_256 (overridden: depths 1, embed_dims 32, num_heads 2, T 2)``) and :func:`run_name` the
+same for a folder name (``spikingformer_cifar_4_256-depths1-embed_dims32-num_heads2-T2``). The last two are pure
+functions of the model name and the overrides, for every code that names a run.
+"""
+import functools
+from typing import Mapping, Optional
+
 import timm
+import torch
 from torch import nn
 
 import models  # noqa: F401  (registers the models with timm)
+from models import SPIKFORMER_VARIANTS, VARIANTS
 
 from .config import Config, ConfigError
 
@@ -24,3 +37,59 @@ def build_model(cfg: Config) -> nn.Module:
         return timm.create_model(cfg.model, **kwargs)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f'cannot build model {cfg.model!r} with {kwargs}: {e}') from None
+
+
+# config key -> (model attribute, label): the architecture numbers a config may override
+ARCHITECTURE_KEYS = {'depths': 'depths', 'embed_dims': 'embed_dims', 'num_heads': 'num_heads', 'time_steps': 'T'}
+
+
+@functools.lru_cache(maxsize=None)
+def registered_architecture(name: str) -> Optional[dict]:
+    """``{'depths', 'embed_dims', 'num_heads', 'T'}`` of registered variant ``name`` as its entry point builds it
+    (on the ``meta`` device: no memory, no initialisation), or None for any other name: the generic
+    ``Spikingformer`` and ``Spikformer`` fix no architecture, and other timm models (or typos, refused later by :func:`build_model`)
+    have none of these numbers."""
+    if name not in VARIANTS + SPIKFORMER_VARIANTS:
+        return None
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    return {label: getattr(model, label) for label in ARCHITECTURE_KEYS.values()}
+
+
+def architecture_overrides(cfg) -> dict:
+    """``{label: value}`` of the config's architecture keys whose value differs from the registered variant's, in
+    the order of :data:`ARCHITECTURE_KEYS` (empty when nothing is overridden or the model fixes nothing)."""
+    registered = registered_architecture(cfg.model)
+    if registered is None:
+        return {}
+    values = {label: getattr(cfg, key) for key, label in ARCHITECTURE_KEYS.items()}
+    return {label: value for label, value in values.items() if value is not None and value != registered[label]}
+
+
+def architecture_label(model: str, overrides: Mapping) -> str:
+    """``model``, or ``model (overridden: depths 1, embed_dims 32, ...)`` when ``overrides`` is not empty."""
+    if not overrides:
+        return model
+    return f'{model} (overridden: {", ".join(f"{k} {v}" for k, v in overrides.items())})'
+
+
+def run_name(model: str, overrides: Mapping) -> str:
+    """The label as a folder name: ``model``, or ``model-depths1-embed_dims32-...``."""
+    return '-'.join([model] + [f'{k}{v}' for k, v in overrides.items()])
+
+
+def override_note(cfg) -> Optional[str]:
+    """A start-up line when the config overrides a registered variant's architecture: where each value comes from
+    (the config file or the command line) and the variant's own value; None otherwise."""
+    overrides = architecture_overrides(cfg)
+    if not overrides:
+        return None
+    registered = registered_architecture(cfg.model)
+    by_origin = {}
+    for key, label in ARCHITECTURE_KEYS.items():
+        if label in overrides:
+            origin = ('the command line' if key in cfg.command_line else
+                      f'config file {cfg.source}' if cfg.source else 'the config')
+            by_origin.setdefault(origin, []).append(f'{key} {overrides[label]} (registered: {registered[label]})')
+    return '; '.join(f'note: {origin} sets the architecture of the registered {cfg.model}: {", ".join(parts)}'
+                     for origin, parts in by_origin.items())

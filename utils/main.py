@@ -1,7 +1,8 @@
 """The two entry points every data set's ``train.py`` and ``test.py`` call: :func:`train_main`, :func:`test_main`.
 
 Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>``; on ``--resume`` the resumed run's
-folder): ``args.yaml`` (the resolved config), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
+folder): ``args.yaml`` (the resolved config), ``run.json`` (how each start was made: command, git commit, versions,
+host; ``utils.provenance``), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
 start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
@@ -27,16 +28,17 @@ from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .atomic import replace_atomically
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .config import Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
+from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
                           sync_bn_stats)
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
-from .factory import build_model
+from .factory import architecture_label, architecture_overrides, build_model, override_note, run_name
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
+from .provenance import file_sha256, record_run_start, run_provenance
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
 
@@ -104,7 +106,8 @@ def check_optimizer_and_schedule(cfg: Config) -> None:
 
 
 def default_output(cfg: Config, kind: str) -> str:
-    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{cfg.model}')
+    name = run_name(cfg.model, architecture_overrides(cfg))  # the architecture that runs, not only the variant's
+    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{name}')
 
 
 class RunLog:
@@ -186,12 +189,14 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     check_cross_keys(cfg)
     info = init_distributed(cfg)
     try:
-        return _train(cfg, info, resume)
+        provenance = dict(run_provenance([sys.argv[0], *argv], info.device, info.world),
+                          resumed_from=resume.path if resume is not None else None)
+        return _train(cfg, info, resume, provenance)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
+def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Optional[dict] = None) -> dict:
     """The run. Under several processes each start-up step is a :class:`fail_together` block, so that a failure in
     one process (rank 0's checks and writes of the run folder included) stops them all with one message, and the
     run folder is written (rank 0) only once every process has its data, model and checkpoint."""
@@ -247,6 +252,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         if info.is_main:
             check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
             notes = start_folder(cfg, resume)
+            if provenance is not None:  # run.json: how this start was made (one entry per start)
+                with writing(cfg.output, 'The run has not started.'):
+                    record_run_start(cfg.output, provenance)
             with writing(cfg.output, 'The run has not started.'):
                 write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
             rows = _read_summary(summary_path, start_epoch)
@@ -262,7 +270,10 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     for note in notes:
         log(note)
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
-    log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
+    if override_note(cfg):
+        log(override_note(cfg))
+    log(f'{architecture_label(cfg.model, architecture_overrides(cfg))}: '
+        f'{sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
         f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
         f'{num_epochs} epochs, {info.world} process(es) on {device}, '
         f'amp {_dtype_name(amp_dtype)}, evaluation in {_dtype_name(eval_dtype, "float32")}, run {cfg.output}')
@@ -307,7 +318,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
                 rows.append(row)
                 _write_summary(summary_path, rows, columns)
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
-                                        scaler, ema, info.world)
+                                        scaler, ema, info.world, provenance)
                 save_run_checkpoint(cfg.output, state, is_best)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         clock.end_epoch(train['seconds'])
@@ -335,6 +346,15 @@ def load_trained_model(cfg: Config, checkpoint, device: torch.device) -> torch.n
     return model.to(device)
 
 
+def evaluation_provenance(path: str, checkpoint, argv: Sequence[str], device) -> dict:
+    """What a results file records about how it was made: the checkpoint's SHA-256, the provenance of the run that
+    wrote it (``checkpoint['provenance']``, None for checkpoints that do not record one, e.g. the published ones)
+    and this evaluation's own (``utils.provenance``)."""
+    recorded = checkpoint.get('provenance') if isinstance(checkpoint, dict) else None
+    return dict(checkpoint_sha256=file_sha256(path), checkpoint_provenance=recorded,
+                provenance=run_provenance(argv, device))
+
+
 def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str] = None) -> dict:
     """Evaluate ``--checkpoint`` on the validation split; print, then write ``results.json`` into ``--output``.
 
@@ -344,7 +364,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     evaluation, and the metrics are printed before they are written, so a failed write loses nothing.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(argv, default_config)
+    cfg = load_config(argv, default_config, help_keys=EVALUATION_KEYS)
     if cfg.checkpoint is None:
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
@@ -360,7 +380,8 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
-                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
+                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset,
+                   **evaluation_provenance(cfg.checkpoint, checkpoint, [sys.argv[0], *argv], device))
     print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
           f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}', flush=True)
     path = os.path.join(output, 'results.json')

@@ -103,3 +103,38 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+RUN_RECORD = 'run.json'
+
+
+def record_run_start(folder: str, record: dict) -> str:
+    """Add this start's provenance to ``<folder>/run.json`` (``{"starts": [record, ...]}``), written atomically.
+
+    A run folder's first start makes the file; every resume appends its own entry (``utils.main`` adds
+    ``resumed_from``, the checkpoint it continues), so the first start is never overwritten. A ``run.json`` that is
+    not this project's record (not JSON, or no ``starts`` list) is left as it is and the start refused, naming the
+    file: nothing of it is lost. Returns the path."""
+    import json
+
+    from .atomic import replace_atomically
+    from .errors import UserError
+
+    path = os.path.join(folder, RUN_RECORD)
+    starts = []
+    if os.path.lexists(path):
+        try:
+            with open(path) as f:
+                starts = json.load(f)['starts']
+            if not isinstance(starts, list):
+                raise TypeError('starts is not a list')
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f'{path} is not a run record of this project ({e}): the run has not started, and the '
+                            f'file is left as it is.\nMove it out of the run folder, then start again.') from None
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump({'starts': starts + [record]}, f, indent=2)
+            f.write('\n')
+    replace_atomically(path, write)
+    return path

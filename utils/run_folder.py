@@ -31,11 +31,12 @@ from .checkpoint import BEST, LAST, link_or_copy
 from .config import (INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, ConfigError, config_from_checkpoint,
                      convert, recorded_config, save_config)
 from .errors import UserError, size_text, writing
+from .factory import architecture_label, architecture_overrides
 
 # Temporary files of an atomic write (``utils.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>`` and
 # ``<name>.tmp``): garbage once their writer is gone.
-_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml)\.tmp\d*'
-                        r'(?:\.(?:tar|csv|yaml))?$')
+_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml|run\.json)\.tmp\d*'
+                        r'(?:\.(?:tar|csv|yaml|json))?$')
 _MAX_LISTED = 10
 
 
@@ -325,5 +326,6 @@ def start_folder(cfg: Config, resume: Optional[Resume]) -> list:
                 notes.append(note)
     path = os.path.join(folder, 'args.yaml')
     with writing(path, 'The run has not started.'):
-        save_config(Config({**cfg.to_dict(), 'resume': None}), path)
+        save_config(Config({**cfg.to_dict(), 'resume': None}), path, header=f'architecture that runs: '
+                    f'{architecture_label(cfg.model, architecture_overrides(cfg))}')
     return notes
