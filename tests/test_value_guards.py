@@ -123,3 +123,13 @@ def test_each_bound_is_exact(name):
     for value in refused:
         with pytest.raises(ConfigError):
             load_config(argv_of(name, value))
+
+
+def test_bad_input_exits_with_status_2(capsys):
+    """The documented exit status of bad input is the number 2 (scripts and SLURM jobs test it), whatever the
+    constant the other tests compare with says."""
+    from utils.errors import run_cli
+    from utils.main import train_main
+    with pytest.raises(SystemExit) as e:
+        run_cli(train_main, ['--smoothing', '1.0'])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith('error: ')
