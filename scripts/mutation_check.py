@@ -51,7 +51,9 @@ MUTANTS = (
     _m('model', 'attention-lif-threshold', 'models/layers.py', 'self.attn_lif = make_lif(v_threshold=0.5)',
        'self.attn_lif = make_lif()', 'tests/test_models.py'),
     _m('model', 'attention-softmax', 'models/layers.py', '    return q @ (k.transpose(-2, -1) @ v)',
-       '    return (q @ k.transpose(-2, -1)).softmax(-1) @ v', 'tests/test_models.py'),
+       '    return (q @ k.transpose(-2, -1)).softmax(-1) @ v', 'tests/test_attention_product.py', 'tests/test_models.py'),
+    _m('model', 'attention-softmax-in-the-model', 'models/layers.py', '    return (v_t @ k_t.transpose(-2, -1)) @ q_t',
+       '    return (v_t @ k_t.transpose(-2, -1)).softmax(-2) @ q_t', 'tests/test_models.py'),
     _m('model', 'mlp-residual-dropped', 'models/layers.py', 'return x + self.mlp(x)', 'return self.mlp(x)',
        'tests/test_models.py'),
     _m('model', 'head-sums-over-time', 'models/spikingformer.py', 'return self.head(x.flatten(3).mean(3).mean(0))',
@@ -176,7 +178,7 @@ def stale(mutants: Sequence[Mutant], root: str) -> list:
 def run_pytest(tree: str, tests: Sequence[str], timeout: float) -> Tuple[str, str]:
     """``(outcome, detail)``: 'passed', 'failed' (detail: the first failure's test and exception type),
     'no tests' or 'timeout'."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1', COLUMNS='1000')
     try:
         proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', *tests],
                               cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
@@ -186,9 +188,10 @@ def run_pytest(tree: str, tests: Sequence[str], timeout: float) -> Tuple[str, st
         return 'passed', ''
     if proc.returncode == 5:
         return 'no tests', 'pytest collected no test: check the subset'
-    failed = re.search(r'^(?:FAILED|ERROR) (\S+)(?: - (\w+))?', proc.stdout, re.M)
-    return 'failed', (f'{failed.group(1)} ({failed.group(2) or "error"})' if failed else
-                      f'pytest exit {proc.returncode}')
+    failed = re.search(r'^(?:FAILED|ERROR) (\S+)', proc.stdout, re.M)
+    raised = re.search(r'^E\s+(\w+(?:Error|Exception|Exit)|Failed|assert)\b', proc.stdout, re.M)
+    how = {'assert': 'AssertionError', None: 'error'}.get(raised and raised.group(1), raised and raised.group(1))
+    return 'failed', f'{failed.group(1)} ({how})' if failed else f'pytest exit {proc.returncode}'
 
 
 def main(argv=None) -> int:
