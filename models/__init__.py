@@ -1,4 +1,4 @@
-"""Spikingformer models. Importing this package registers the published variants with timm."""
+"""Spikingformer and the Spikformer baseline. Importing this package registers the published variants with timm."""
 import warnings
 
 # SpikingJelly scripts a few functions with torch.jit at import, which this torch deprecates: one warning per run
@@ -9,7 +9,8 @@ from .checkpoint import CheckpointError, checkpoint_filter_fn, load_checkpoint, 
 from .layers import ATTENTION_SCALE, attention_product
 from .neuron import LIF, lif, set_backend
 from .spikingformer import VARIANTS, Spikingformer, SpikingformerModel
+from .spikformer import SPIKFORMER_VARIANTS, Spikformer, SpikformerModel
 
-__all__ = ['ATTENTION_SCALE', 'CheckpointError', 'LIF', 'Spikingformer', 'SpikingformerModel', 'VARIANTS',
-           'attention_product', 'checkpoint_filter_fn', 'lif', 'load_checkpoint', 'read_checkpoint',
-           'renamed_state_dict', 'set_backend']
+__all__ = ['ATTENTION_SCALE', 'CheckpointError', 'LIF', 'SPIKFORMER_VARIANTS', 'Spikformer', 'SpikformerModel',
+           'Spikingformer', 'SpikingformerModel', 'VARIANTS', 'attention_product', 'checkpoint_filter_fn', 'lif',
+           'load_checkpoint', 'read_checkpoint', 'renamed_state_dict', 'set_backend']

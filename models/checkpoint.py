@@ -1,12 +1,16 @@
 """Reading checkpoints, and mapping published parameter names onto this model (timm's ``checkpoint_filter_fn``).
 
-Published checkpoints differ from this model's state dict in three ways, all handled here:
+Published checkpoints differ from this model's state dict in these ways, all handled here:
 
 * the tokenizer names: ``patch_embed.proj_conv``/``proj{i}_conv`` (ImageNet and DVS layout) and
   ``patch_embed.block0_conv``/``block{i}_conv`` (CIFAR layout) become ``patch_embed.stem_conv`` and
   ``patch_embed.stages.{i-1}.conv`` (the same for ``_bn``), so one tokenizer class serves both layouts;
 * the unused ``block.{i}.norm1``/``norm2`` LayerNorm tensors, which play no part in the output, are dropped;
-* DistributedDataParallel's ``module.`` prefix is stripped.
+* DistributedDataParallel's ``module.`` prefix is stripped;
+* the Spikformer baseline's names (models.spikformer): its SPS tokenizer's ``proj_conv{i}``/``proj_bn{i}`` (i = 1..3)
+  and ``rpe_conv``/``rpe_bn`` become ``patch_embed.stages.{i-1}`` and ``patch_embed.stages.3``, its MLP's
+  ``fc1_*``/``fc2_*`` become ``mlp1_*``/``mlp2_*``, and the 1x1 ``Conv1d`` MLP weights of its DVS file
+  (``[out, in, 1]``) are reshaped to this model's 1x1 ``Conv2d`` (``[out, in, 1, 1]``): the same numbers.
 """
 import argparse
 import os
@@ -23,6 +27,11 @@ _RENAMES = (
     (re.compile(r'^patch_embed\.(?:proj|block0)_(conv|bn)\.'), r'patch_embed.stem_\1.'),
     (re.compile(r'^patch_embed\.(?:proj|block)([1-4])_(conv|bn)\.'),
      lambda m: f'patch_embed.stages.{int(m.group(1)) - 1}.{m.group(2)}.'),
+    # Spikformer (ZK-Zhou/spikformer): SPS tokenizer and MLP names
+    (re.compile(r'^patch_embed\.proj_(conv|bn)([1-3])\.'),
+     lambda m: f'patch_embed.stages.{int(m.group(2)) - 1}.{m.group(1)}.'),
+    (re.compile(r'^patch_embed\.rpe_(conv|bn)\.'), r'patch_embed.stages.3.\1.'),
+    (re.compile(r'^(block\.\d+\.mlp)\.fc([12])_'), r'\1.mlp\2_'),
 )
 _DROPPED = re.compile(r'^block\.\d+\.norm[12]\.')
 _STATE_KEYS = ('state_dict', 'model', 'module')
@@ -159,6 +168,9 @@ def checkpoint_filter_fn(checkpoint: Mapping, model: nn.Module, use_ema: bool = 
     """
     state = renamed_state_dict(checkpoint, use_ema)
     expected = model.state_dict()
+    for key, value in state.items():  # a 1x1 Conv1d weight [out, in, 1] where the model has a 1x1 Conv2d
+        if key in expected and value.dim() == 3 and tuple(expected[key].shape) == (*value.shape, 1):
+            state[key] = value.unsqueeze(-1)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'

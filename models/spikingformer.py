@@ -12,7 +12,7 @@ from timm.layers import trunc_normal_
 from timm.models import register_model
 from torch import nn
 
-from .layers import EncoderBlock, SpikingTokenizer
+from .layers import ATTENTION_SCALE, EncoderBlock, SpikingTokenizer
 from .neuron import lif
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -40,6 +40,9 @@ class SpikingformerModel(nn.Module):
     ``num_classes``, ``embed_dims``, ``num_heads``, ``mlp_ratios``, ``depths``, ``T`` (time steps).
     Additions: ``layout`` ('imagenet' | 'cifar' | 'dvs'), ``tau`` (defaults to the layout's: 2.0, or 1.5 for
     'dvs'), ``backend`` of the neurons ('auto' | 'torch' | 'cupy' | 'fused', see models.neuron).
+    Options that build the Spikformer baseline instead (models.spikformer sets them; defaults: Spikingformer):
+    ``neuron_order`` ('lif_conv_bn' | 'conv_bn_lif'), ``linear`` (nn.Linear attention and MLP), ``attn_scale``,
+    ``rpe`` (the SPS tokenizer's rpe branch); see models.layers.
 
     Input: images ``[B, C, H, W]`` (repeated T times: direct encoding) or, for 'dvs', event frames
     ``[B, T, C, H, W]``. Output: logits ``[B, num_classes]``.
@@ -48,7 +51,8 @@ class SpikingformerModel(nn.Module):
     def __init__(self, layout: str = 'imagenet', img_size_h: int = 224, img_size_w: int = 224,
                  patch_size: Optional[int] = None, in_channels: int = 3, num_classes: int = 1000,
                  embed_dims: int = 384, num_heads: int = 8, mlp_ratios: float = 4, depths: int = 8, T: int = 4,
-                 tau: Optional[float] = None, backend: str = 'auto'):
+                 tau: Optional[float] = None, backend: str = 'auto', neuron_order: str = 'lif_conv_bn',
+                 linear: bool = False, attn_scale: float = ATTENTION_SCALE, rpe: bool = False):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -66,8 +70,9 @@ class SpikingformerModel(nn.Module):
         self.tau = float(tau if tau is not None else spec['tau'])
         make_lif = functools.partial(lif, tau=self.tau, backend=backend)
 
-        self.patch_embed = SpikingTokenizer(in_channels, embed_dims, spec['pool_stages'], make_lif)
-        self.block = nn.ModuleList(EncoderBlock(embed_dims, num_heads, mlp_ratios, make_lif) for _ in range(depths))
+        self.patch_embed = SpikingTokenizer(in_channels, embed_dims, spec['pool_stages'], make_lif, rpe=rpe)
+        self.block = nn.ModuleList(EncoderBlock(embed_dims, num_heads, mlp_ratios, make_lif, neuron_order=neuron_order,
+                                                linear=linear, scale=attn_scale) for _ in range(depths))
         self.head = nn.Linear(embed_dims, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
@@ -111,13 +116,13 @@ def _default_cfg(layout: str, in_channels: int, size: int, num_classes: int) -> 
                 std=CIFAR_STD if cifar else IMAGENET_STD, first_conv='patch_embed.stem_conv', classifier='head')
 
 
-def _create(pretrained: bool, arch: dict, kwargs: dict) -> SpikingformerModel:
+def _create(pretrained: bool, arch: dict, kwargs: dict, cls: type = SpikingformerModel) -> SpikingformerModel:
     if pretrained:
         raise RuntimeError('Spikingformer weights are not downloadable through timm: build the model with '
                            'pretrained=False and load an official checkpoint with models.load_checkpoint(model, path).')
     for key in IGNORED_KWARGS:
         kwargs.pop(key, None)
-    model = SpikingformerModel(**{**arch, **kwargs})
+    model = cls(**{**arch, **kwargs})
     model.pretrained_cfg = model.default_cfg = _default_cfg(
         model.layout, model.in_channels, model.img_size[0], model.num_classes)
     return model
