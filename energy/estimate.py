@@ -45,6 +45,8 @@ def evaluate_hooked(model: nn.Module, batches: Iterable, hooks, device: Optional
         with hooks, torch.no_grad(), amp:
             for batch in batches:
                 x, target = _split(batch)
+                if x.shape[0] == 0:  # an empty batch evaluates nothing (and its empty tensors carry no marks)
+                    continue
                 output = model(x.to(device, non_blocking=True))
                 seen += x.shape[0]
                 if target is None:

@@ -29,8 +29,10 @@ the structural bound needs no host sync and does not depend on what one batch ha
 **Products and uncounted modules.** The same mode sees every matrix product and functional convolution/linear. One
 that runs inside a counted layer is that layer's own; inside a recognised attention (:func:`is_attention`) it is the
 attention product the counter prices by the paper's formula; anywhere else it is *unclassified*: reported by module
-name through :meth:`on_unclassified`, never silently dropped. So is every executed module that owns parameters and is
-neither a counted layer, a neuron nor a normalisation (a custom op).
+name through :meth:`on_unclassified`, never silently dropped. So is every executed leaf module (one without child
+modules) that owns parameters and is neither a counted layer, a neuron nor a normalisation: a custom op. (A module
+with children may hold parameters its forward never uses, such as the unused ``pos_embed`` of the published
+Spikformer DVS model; its parameters that do enter a product are caught as products.)
 
 Subclasses override :meth:`on_input`, :meth:`on_spikes`, :meth:`on_layer` and :meth:`on_unclassified`. Hooks read their tensors and never
 change them, so the model's outputs are unchanged; hooks are removed on exit, also on error.
@@ -211,7 +213,7 @@ class SpikeHooks:
 
     def on_unclassified(self, name: str, what: str, dense_ops: Optional[int]) -> None:
         """Called for each operation the hooks cannot classify: a matrix product or functional convolution/linear
-        outside counted layers and recognised attentions, or a call of a module that owns parameters but is no
+        outside counted layers and recognised attentions, or a call of a leaf module that owns parameters but is no
         counted layer, neuron or normalisation. ``name`` is the innermost running module's (the model: '')."""
 
     # ------------------------------------------------------------------------------------------------- machinery
@@ -240,7 +242,7 @@ class SpikeHooks:
         for module in names:
             if isinstance(module, COUNTED) or is_attention(module):
                 self._owners.add(id(module))
-            elif (not isinstance(module, FREE + neurons)
+            elif (not isinstance(module, FREE + neurons) and not module._modules
                   and any(p is not None for p in module._parameters.values())):
                 self._custom.add(id(module))
         for module, name in names.items():
