@@ -129,7 +129,7 @@ def check_synthetic_keys(cfg: Config, data: str) -> None:
                           'weights. Drop one of them.')
     if data == 'none' and 'input' in given:
         raise ConfigError('--no-checkpoint feeds no input: drop --input (it is for a checkpoint without data).')
-    if data == 'data' and 'samples' in given and 'samples' in cfg:
+    if data == 'data' and 'input' in cfg and 'samples' in given:  # spike_report's --samples is another key
         raise ConfigError('--samples sets how many synthetic inputs --input random|zeros feeds; with the data set '
                           'use --limit-batches.')
     if data != 'none' and 'assume_rate' in given:

@@ -34,8 +34,8 @@ modules) that owns parameters and is neither a counted layer, a neuron nor a nor
 with children may hold parameters its forward never uses, such as the unused ``pos_embed`` of the published
 Spikformer DVS model; its parameters that do enter a product are caught as products.)
 
-Subclasses override :meth:`on_input`, :meth:`on_spikes`, :meth:`on_layer` and :meth:`on_unclassified`. Hooks read their tensors and never
-change them, so the model's outputs are unchanged; hooks are removed on exit, also on error.
+Subclasses override :meth:`on_input`, :meth:`on_spikes`, :meth:`on_layer` and :meth:`on_unclassified`. Hooks read
+their tensors and never change them, so the model's outputs are unchanged; hooks are removed on exit, also on error.
 """
 import sys
 from dataclasses import dataclass

@@ -216,6 +216,7 @@ def test_the_headline_pair_gets_the_papers_figures():
     (['--compare', 'spikingformer_8_768', 'spikformer_8_768', '--checkpoint', 'a'], ['--compare', '--checkpoint']),
     (['--compare', 'spikingformer_8_768', '--checkpoint', 'a', '--checkpoint', 'b'], ['--compare', 'two']),
     (['--input', 'noise'], ["'input'", 'random']),
+    (['--checkpoint', 'x.pth.tar', '--samples', '4'], ['--samples', '--input random|zeros']),
 ])
 def test_refusals(capsys, tiny, args, words):
     refused(capsys, load_script('energy_report').main, ['--config', tiny.config, '--output',
