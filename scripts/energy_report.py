@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
 
     title = f'{cfg.model} on {cfg.dataset}'
     if run.data != 'data':
-        title = f'{cfg.model}, {report.samples} synthetic {run.data} inputs (seed {cfg.seed}; not {cfg.dataset} data)'
+        title = f'{cfg.model} on synthetic {run.data} inputs (seed {cfg.seed}; not {cfg.dataset} data)'
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
     samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
     print(f'{title} ({samples}{top1}): {report.mac_ops:,.0f} MAC, {si(report.ac_ops)} AC, '
