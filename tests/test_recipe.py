@@ -31,6 +31,7 @@ IMAGES = dict(  # ImageNet and CIFAR rows: timm's training script, as published
     ratio=(1.0, 1.0),  # ImageNet: ARG --ratio [1.0, 1.0] (never set in its YAML); CIFAR: YAML ratio [1.0, 1.0]
     hflip=0.5, recount=1, cutmix_minmax=None,  # ARG
     reprob=0.25, remode='const',  # YAML
+    aa_ops='timm',  # CODE: timm's RandAugment op list (Spikformer's CIFAR code: 5 ops, its cifar10/aa_snn.py)
     mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch',  # YAML
     model_ema=False, seed=42,  # ARG
     eval_amp=True,  # CODE: validate() runs the model under amp_autocast
@@ -97,6 +98,20 @@ ROWS = {  # config: (expected values, architecture (depths, embed_dims, heads, c
                                    (2, 256, 16, 10, 16, 1.5)),
     'cifar10-dvs/cifar10dvs_t10.yml': (dict(DVS, dataset='cifar10-dvs', num_classes=10, epochs=96),
                                        (2, 256, 16, 10, 10, 1.5)),
+    # The Spikformer baseline (ZK-Zhou/spikformer; docs/spikformer.md): its cifar10/cifar10.yml, imagenet/imagenet.yml
+    # and cifar10dvs/train.py, by the same rules. Every neuron has tau 2.0 in all three (its DVS file too).
+    'cifar10/spikformer_cifar10_4_384.yml': (dict(CIFAR, model='spikformer_cifar_4_384', dataset='cifar10',
+                                                  num_classes=10, epochs=300,  # YAML epochs 300
+                                                  batch_size=128, val_batch_size=128, workers=16,  # YAML
+                                                  aa_ops='spikformer'),  # CODE: cifar10/aa_snn.py's 5 ops
+                                             (4, 384, 12, 10, 4, 2.0)),  # YAML layer 4, dim 384, num_heads 12
+    'imagenet/spikformer_8_512.yml': (dict(IMAGENET, model='spikformer_8_512', num_heads=8,  # CODE: registered model
+                                           batch_size=24, val_batch_size=24,  # YAML; README: 8 processes
+                                           ratio=(0.75, 4 / 3)),  # ARG --ratio [3/4, 4/3] (never set in its YAML)
+                                      (8, 512, 8, 1000, 4, 2.0)),  # CODE: embed 512, depth 8; forward's T = 4
+    'cifar10-dvs/spikformer_cifar10dvs.yml': (dict(DVS, model='spikformer_dvs_2_256', dataset='cifar10-dvs',
+                                                   num_classes=10, epochs=96),  # ARG
+                                              (2, 256, 16, 10, 16, 2.0)),  # ARG --T 16; CODE: tau 2.0
 }
 
 
@@ -114,7 +129,7 @@ def test_every_published_row_resolves_to_the_effective_recipe(config):
 def test_the_table_covers_every_published_config():
     published = {str(p.relative_to(REPO)) for d in ('imagenet', 'cifar10', 'dvs128-gesture', 'cifar10-dvs')
                  for p in (REPO / d).glob('*.yml') if p.name not in ('quickstart.yml', 'synthetic.yml')}
-    assert published == set(ROWS) and len(ROWS) == 15
+    assert published == set(ROWS) and len(ROWS) == 18
 
 
 def test_imagenet_crop_is_the_centre_square(tmp_path):

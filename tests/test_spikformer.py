@@ -196,3 +196,51 @@ def test_filter_tells_spikformer_and_spikingformer_apart():
     for model in (spikformer, spikingformer):
         state = model.state_dict()
         assert models.checkpoint_filter_fn({'state_dict': state}, model).keys() == state.keys()
+
+
+# ---- training with the engine ----------------------------------------------------------------------------------
+
+def test_one_epoch_of_the_spikformer_cifar_config_trains_and_evaluates(tmp_path):
+    """The published Spikformer CIFAR recipe (cifar10/spikformer_cifar10_4_384.yml), shrunk to a tiny model and one
+    epoch: the engine builds the Spikformer CIFAR layout (nn.Linear layers), trains it and its checkpoint evaluates
+    with test.py to the accuracy the run reported."""
+    from helpers import REPO, TINY_MODEL, write_cifar10
+    from utils import main as main_module
+    data = write_cifar10(tmp_path / 'cifar', 8, test=8)
+    config = str(REPO / 'cifar10' / 'spikformer_cifar10_4_384.yml')
+    run = tmp_path / 'run'
+    result = main_module.train_main(
+        ['--config', config, '--data-dir', str(data), '--output', str(run), '-T', '1', '--img-size', '16',
+         '--batch-size', '8', '--val-batch-size', '8', '--workers', '0', '--no-amp', '--epochs', '1',
+         '--cooldown-epochs', '0', '--aa', 'null'] + TINY_MODEL)
+    assert result['best_epoch'] == 0
+    checkpoint = torch.load(run / 'last.pth.tar', weights_only=True)
+    state = checkpoint['state_dict']
+    assert state['block.0.attn.q_linear.bias'].shape == (32,) and 'patch_embed.stages.3.conv.weight' in state
+    tested = main_module.test_main(['--checkpoint', str(run / 'last.pth.tar'), '--output', str(tmp_path / 'test')])
+    assert tested['top1'] == pytest.approx(result['best_top1'])
+
+
+def test_spikformer_cifar_rand_augment_draws_from_its_five_ops(tmp_path, capsys):
+    """Its cifar10/aa_snn.py keeps 5 of timm's RandAugment ops; the Spikingformer configs keep timm's whole list. A
+    set that cannot apply (aa not a rand- policy) is refused before training, naming both keys."""
+    from helpers import CIFAR10_YML, REPO, refused, write_cifar10
+    from utils import main as main_module
+    from utils.config import load_config
+    from utils.data import build_loaders
+    from utils.rand_augment_ops import SPIKFORMER_CIFAR_OPS, _rand_augments
+    data = write_cifar10(tmp_path / 'cifar', 8, test=4)
+    spikformer_yml = str(REPO / 'cifar10' / 'spikformer_cifar10_4_384.yml')
+    names = {}
+    for config in (spikformer_yml, CIFAR10_YML):
+        cfg = load_config(['--data-dir', str(data), '--workers', '0', '--batch-size', '8'], config)
+        train_loader, _, _ = build_loaders(cfg)
+        (augment,) = _rand_augments(train_loader.dataset.transform)
+        names[config] = [op.name for op in augment.ops]
+        assert augment.num_layers == 1 and {op.magnitude for op in augment.ops} == {9}
+    assert names[spikformer_yml] == list(SPIKFORMER_CIFAR_OPS)
+    assert set(SPIKFORMER_CIFAR_OPS) < set(names[CIFAR10_YML]) and 'PosterizeIncreasing' in names[CIFAR10_YML]
+    refused(capsys, main_module.train_main,
+            ['--config', spikformer_yml, '--data-dir', str(data), '--output', str(tmp_path / 'r'), '--workers', '0',
+             '--aa', 'augmix-m5-w4-d2', '--batch-size', '8'], 'aa_ops', 'augmix-m5-w4-d2')
+    assert not (tmp_path / 'r' / 'last.pth.tar').exists()

@@ -116,6 +116,8 @@ SCHEMA = {
     'hflip': _k(0.5, float, 'horizontal flip probability', bounds=PROBABILITY),
     'color_jitter': _k(0.0, float, 'colour jitter strength (timm ignores it when aa is set)', bounds=NON_NEGATIVE),
     'aa': _k(None, str, 'RandAugment/AutoAugment policy, e.g. rand-m9-n1-mstd0.4-inc1; null = off', nullable=True),
+    'aa_ops': _k('timm', str, 'operations RandAugment draws from: timm (all of the policy\'s) or spikformer (the 5 of '
+                 'the published Spikformer CIFAR code; utils/rand_augment_ops.py)', choices=('timm', 'spikformer')),
     'reprob': _k(0.25, float, 'random erasing probability', bounds=PROBABILITY),
     'remode': _k('const', str, 'random erasing fill', choices=('const', 'rand', 'pixel')),
     'recount': _k(1, int, 'random erasing count', bounds=ONE_OR_MORE),

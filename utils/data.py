@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .config import Config, mixing_on
 from .data_checks import check_batches, check_datasets
 from .errors import DataError
+from .rand_augment_ops import restrict_rand_augment
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -298,4 +299,5 @@ def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: 
             pin_memory=device.type == 'cuda', use_prefetcher=True, device=device, persistent_workers=False)
         if distributed:  # timm's sampler has seed 0 and the default rank; make it follow the config
             train_loader.sampler.seed = cfg.seed
+        restrict_rand_augment(train_loader.dataset.transform, cfg.aa_ops, cfg.aa)
     return train_loader, _eval_loader(cfg, eval_ds, rank, world, device), mixup_fn

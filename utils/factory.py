@@ -1,4 +1,5 @@
-"""The model of a config, through timm's registry (``import models`` registers the Spikingformer variants)."""
+"""The model of a config, through timm's registry (``import models`` registers the Spikingformer and Spikformer
+variants)."""
 import timm
 from torch import nn
 
@@ -11,8 +12,10 @@ def build_model(cfg: Config) -> nn.Module:
     """``timm.create_model(cfg.model, ...)`` with the time steps, neuron backend and any non-null architecture
     overrides (num_heads, embed_dims, depths) of the config; ``num_classes`` null keeps the variant's."""
     if cfg.model not in timm.list_models():
-        near = [m for m in timm.list_models('*spikingformer*')] + ['Spikingformer']
-        raise ConfigError(f'unknown model {cfg.model!r}; registered Spikingformer models: {", ".join(near)}')
+        near = timm.list_models('*spikingformer*') + ['Spikingformer'] + timm.list_models('spikformer*')
+        near.append('Spikformer')
+        raise ConfigError(f'unknown model {cfg.model!r}; registered Spikingformer and Spikformer models: '
+                          f'{", ".join(near)}')
     kwargs = dict(T=cfg.time_steps, backend=cfg.neuron_backend)
     for name in ('num_classes', 'num_heads', 'embed_dims', 'depths'):
         if getattr(cfg, name) is not None:
