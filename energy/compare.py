@@ -10,7 +10,12 @@ a saving of ``1 - 13.68 / 32.07 = 57.34%``.
 
 Every other option is shared by both sides (``--config``, ``--data-dir``, ``--limit-batches``, ``--input`` ...);
 ``--checkpoint`` is given twice, in the order of the models. The sides must resolve to the same data (data set,
-input size, normalisation, batches): otherwise the comparison is refused before any pass.
+input size, normalisation, batches): otherwise the comparison is refused before any pass. The architecture keys
+(``num_heads``, ``embed_dims``, ``depths``) of a shared ``--config`` file belong to the model that file names: the
+other side gets its registered variant's own (``imagenet/imagenet.yml`` writes ``num_heads: 8`` for
+Spikingformer-8-768; a variant with other heads must not inherit them silently); keys given on the command line
+apply to both sides. Without
+``--config``, each checkpoint written by ``train.py`` brings its own config.
 """
 import os
 import sys
@@ -18,7 +23,7 @@ import time
 from dataclasses import asdict
 from typing import List, Optional, Sequence
 
-from utils.config import ConfigError
+from utils.config import ConfigError, has_config_option, load_config
 
 from .cli import prepare_report, report_provenance, write_report_files
 from .counter import MULTISPIKE
@@ -26,6 +31,7 @@ from .estimate import estimate_energy_rules
 from .paper import HEADLINE, PAPER, paper_saving
 from .report import mj, si
 
+ARCHITECTURE_KEYS = ('num_heads', 'embed_dims', 'depths')
 # what both sides must share for "the same data"
 SAME_DATA = ('dataset', 'img_size', 'mean', 'std', 'data_dir', 'limit_batches', 'limit_eval_batches', 'input',
              'samples', 'seed')
@@ -73,6 +79,19 @@ def split_compare_argv(argv: Sequence[str]):
     if '--model' in common:
         raise ConfigError('--compare names both models: drop --model')
     return models, checkpoints, common
+
+
+def side_argv(common: Sequence[str], name: str, checkpoint: str, extra_keys: dict) -> List[str]:
+    """One side's command line: the shared options, its model and checkpoint, and (with a shared ``--config`` file
+    written for the other model) its registered variant's architecture instead of the file's."""
+    argv = list(common) + ['--model', name, '--checkpoint', checkpoint]
+    if has_config_option(common):
+        shared = load_config(common, None, extra_keys=extra_keys)
+        if shared.model != name:
+            for key in ARCHITECTURE_KEYS:
+                if key not in shared.command_line and getattr(shared, key) is not None:
+                    argv += [f'--{key.replace("_", "-")}', 'null']
+    return argv
 
 
 def headline_pair(runs) -> bool:
@@ -128,8 +147,8 @@ def compare_markdown(names, reports, paper: bool, details: Sequence[str] = ()) -
 
 def compare_main(argv: Sequence[str], extra_keys: dict, provenance_argv: Optional[Sequence[str]] = None) -> dict:
     names, checkpoints, common = split_compare_argv(argv)
-    runs = [prepare_report(common + ['--model', name, '--checkpoint', checkpoint], extra_keys,
-                           'whose energy to compare', 'energy')
+    runs = [prepare_report(side_argv(common, name, checkpoint, extra_keys), extra_keys, 'whose energy to compare',
+                           'energy')
             for name, checkpoint in zip(names, checkpoints)]
     differ = [k for k in SAME_DATA if k in runs[0].cfg and getattr(runs[0].cfg, k) != getattr(runs[1].cfg, k)]
     if differ:

@@ -167,8 +167,9 @@ def test_compare_two_checkpoints_on_the_same_data(tiny, runs):
     """One command, one table: both models on the same two batches, both rules, the saving 1 - E_A / E_B; the
     numbers are those of each model's own report."""
     out = tiny.root / 'compare'
+    tiny_arch = ['--embed-dims', '32', '--num-heads', '2', '--depths', '1']  # on the command line: both sides
     result = _report(tiny, '--compare', 'spikingformer_cifar_4_256', 'spikformer_cifar_4_256', '--checkpoint',
-                     tiny.spikingformer, '--checkpoint', tiny.spikformer, '--output', str(out))
+                     tiny.spikingformer, '--checkpoint', tiny.spikformer, '--output', str(out), *tiny_arch)
     data = json.loads((out / 'compare.json').read_text())
     md = (out / 'compare.md').read_text()
     assert data['models'] == ['spikingformer_cifar_4_256', 'spikformer_cifar_4_256'] and data['paper'] is None
@@ -187,6 +188,23 @@ def test_compare_two_checkpoints_on_the_same_data(tiny, runs):
         hashlib.sha256(open(p, 'rb').read()).hexdigest() for p in (tiny.spikingformer, tiny.spikformer)]
 
 
+def test_a_shared_config_keeps_each_variants_architecture(tmp_path):
+    """A shared config file's architecture keys belong to the model it names: the other side of --compare builds its
+    registered variant's own architecture; keys on the command line apply to both sides."""
+    from energy.compare import side_argv
+    from utils.config import load_config
+    keys = load_script('energy_report').EXTRA_KEYS
+    config = tmp_path / 'c.yml'
+    config.write_text(yaml.safe_dump(dict(model='spikingformer_8_768', num_heads=12, depths=8)))
+    common = ['--config', str(config)]
+    a, b = (load_config(side_argv(common, name, 'x.pth.tar', keys), None, extra_keys=keys)
+            for name in ('spikingformer_8_768', 'spikformer_8_768'))
+    assert (a.model, a.num_heads, a.depths) == ('spikingformer_8_768', 12, 8)
+    assert (b.model, b.num_heads, b.depths) == ('spikformer_8_768', None, None)  # the variant's own
+    both = common + ['--num-heads', '4']
+    assert load_config(side_argv(both, 'spikformer_8_768', 'x', keys), None, extra_keys=keys).num_heads == 4
+
+
 def test_the_headline_pair_gets_the_papers_figures():
     """Spikingformer-8-768 against Spikformer-8-768 on ImageNet: 13.68 mJ vs 32.07 mJ, 57.34% beside the 'ac'
     rows; any other pair or data gets no paper column."""
@@ -198,10 +216,10 @@ def test_the_headline_pair_gets_the_papers_figures():
         model = types.SimpleNamespace(embed_dims=768, depths=8, num_heads=heads, T=4, num_classes=1000)
         return types.SimpleNamespace(model=model, data=data, cfg=types.SimpleNamespace(model=name, img_size=224,
                                                                                        dataset=dataset))
-    assert headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 12)])
-    assert not headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 8)])
-    assert not headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 12, data='random')])
-    assert not headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 12, dataset='cifar10')])
+    assert headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 8)])
+    assert not headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 12)])
+    assert not headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 8, data='random')])
+    assert not headline_pair([run('spikingformer_8_768', 8), run('spikformer_8_768', 8, dataset='cifar10')])
     fake = energy.EnergyReport.from_layers([], samples=1, top1=None, e_mac_pj=4.6, e_ac_pj=0.9)
     md = compare_markdown(HEADLINE, [{'mac': fake, 'ac': fake}] * 2, paper=True)
     assert '| 13.68 mJ, saving 57.34% |' in md and '| 32.07 mJ |' in md
