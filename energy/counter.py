@@ -12,8 +12,8 @@ provenance are :class:`energy.hooks.SpikeHooks`, shared with the spike recorder)
   flatten, dropout in eval). Any other input (the image, event-count frames, the token- and time-averaged features
   before the head) makes the layer a dense MAC layer with rate 1. A value test ("all values are 0 or 1") would
   count the first convolution of a DVS model as ACs whenever the event counts of a batch happen to be 0/1, and it
-  needs a host sync per layer; the structural rule is stable and sync-free. A copy of spikes (``.contiguous()`` of
-  a non-contiguous view, arithmetic) loses the mark and the layer is counted as MACs: conservative, and visible as
+  needs a host sync per layer; the structural rule is stable and sync-free. Copies (``.contiguous()``, dtype casts)
+  keep the mark; other arithmetic on spikes loses it and the layer is counted as MACs: conservative, and visible as
   ``kind='mac'`` in the report.
 * **Spike counts** (sums of spikes, as Spikformer's residual stream carries them; followed by
   :class:`energy.hooks.OpWatch` with a structural bound ``count_max``) are priced by one of the two counting rules of

@@ -16,8 +16,8 @@ is expired, so it cannot be mistaken for spikes). Views share their base's stora
 marks it with the same source neuron, and ``direct=False`` after pooling (its values are no longer the neuron's);
 one that returns a view or the input itself keeps the neuron's mark. So a counted layer knows whether its input is
 spikes, which neuron fired them, and whether it reads that neuron's output itself (``direct``) or a pooled version of
-it. A copy of spikes by anything else (``.contiguous()`` of a non-contiguous view, arithmetic) loses the mark:
-conservative.
+it. Value-preserving copies and sums keep a mark (see "Spike counts" below); any other arithmetic on spikes loses
+it: conservative.
 
 **Spike counts.** Residual streams that add spikes to spikes (Spikformer, SEW-style blocks) carry spike *counts*
 0, 1, 2, ... A torch function mode (:class:`OpWatch`, active only inside the model's forward) follows them: the
