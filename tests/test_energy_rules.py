@@ -189,3 +189,25 @@ def test_counts_past_thirty_cost_macs_under_ac():
         report = energy.estimate_energy(Many(n), [torch.ones(1, 2)], multispike='ac')
         assert report.layers[0].kind == kind, n
         assert report.layers[0].ops == 4 * (n if kind == 'ac' else 1)  # dense 4, mean count n (all fire)
+
+
+def test_copies_and_joins_keep_spikes_other_arithmetic_does_not():
+    """A contiguous copy of a transposed spike tensor and a cat of spikes are still spikes (AC); spikes times a
+    number are not (MAC, the conservative side)."""
+    class Copies(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sn = sj_neuron.IFNode(step_mode='m')
+            self.copied, self.joined, self.scaled = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            sj_functional.reset_net(self)
+            s = self.sn(x.unsqueeze(0))  # [1, B, 2]
+            a = self.copied(s.transpose(0, 1).contiguous().transpose(0, 1))
+            b = self.joined(torch.cat([s, s.clone()]))
+            return a + b.mean(0) + self.scaled(s * 0.5)
+
+    report = energy.estimate_energy(Copies(), [torch.tensor([[1., 0.], [1., 1.]])])
+    assert {layer.name: layer.kind for layer in report.layers} == {'copied': 'ac', 'joined': 'ac', 'scaled': 'mac'}
+    assert {layer.name: layer.firing_rate for layer in report.layers if layer.kind == 'ac'} == {'copied': 0.75,
+                                                                                                'joined': 0.75}
