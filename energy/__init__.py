@@ -12,11 +12,11 @@ maps and the attention maps of one sample (figures: :mod:`energy.spike_plots`).
 """
 from .constants import E_AC_PJ, E_MAC_PJ
 from .counter import EnergyCounter, dense_ops, neuron_types
-from .estimate import estimate_energy
+from .estimate import estimate_energy, estimate_energy_rules
 from .paper import PAPER, PaperRow, paper_row
-from .report import AttentionRates, EnergyReport, LayerEnergy
+from .report import AttentionRates, EnergyReport, LayerEnergy, Unclassified
 from .spikes import SpikeRecorder, SpikeReport, record_spikes
 
 __all__ = ['AttentionRates', 'E_AC_PJ', 'E_MAC_PJ', 'EnergyCounter', 'EnergyReport', 'LayerEnergy', 'PAPER',
-           'PaperRow', 'SpikeRecorder', 'SpikeReport', 'dense_ops', 'estimate_energy', 'neuron_types', 'paper_row',
-           'record_spikes']
+           'PaperRow', 'SpikeRecorder', 'SpikeReport', 'Unclassified', 'dense_ops', 'estimate_energy',
+           'estimate_energy_rules', 'neuron_types', 'paper_row', 'record_spikes']

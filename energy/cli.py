@@ -34,28 +34,61 @@ class ReportRun:
     batches: Iterable
     total: int  # number of batches
     output: str  # the folder the report files go to (checked writable before the pass)
+    checkpoint: Optional[dict] = None  # what the report files record of the checkpoint (checkpoint_record)
+    data: str = 'data'  # 'data' (the evaluation split), 'random' or 'zeros' (energy.synthetic), 'none'
+
+
+def checkpoint_record(path: str, checkpoint) -> dict:
+    """What a report records of the checkpoint it read: the path as given, its absolute path, its SHA-256, and the
+    provenance of the run that wrote it when the checkpoint records one (``checkpoint['provenance']``)."""
+    from utils.provenance import file_sha256
+    record = {'path': path, 'abspath': os.path.abspath(path), 'sha256': file_sha256(path)}
+    provenance = checkpoint.get('provenance') if isinstance(checkpoint, dict) else None
+    if provenance is not None:
+        record['provenance'] = provenance
+    return record
+
+
+def report_provenance(script: str, argv: Optional[Sequence[str]], run: 'ReportRun') -> dict:
+    """The ``provenance`` and ``checkpoint`` entries of a report's JSON file (``utils.provenance``): the command is
+    ``sys.argv`` when the script runs from the shell (``argv`` None), else ``scripts/<script> argv...``."""
+    from utils.provenance import run_provenance
+    command = None if argv is None else [os.path.join('scripts', script), *argv]
+    return {'provenance': run_provenance(command, device=run.device), 'checkpoint': run.checkpoint}
 
 
 def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun:
     """Resolve the config (``--config``, or the one a ``train.py`` checkpoint carries), check the output folder,
     build the model with the checkpoint's weights and the evaluation loader, limited to ``--limit-batches``.
     ``purpose`` completes the message for a missing ``--checkpoint`` ("whose energy to estimate"); ``desc`` labels
-    the progress bar and names the default output folder (``output/<desc>/...``)."""
+    the progress bar and names the default output folder (``output/<desc>/...``).
+
+    When ``extra_keys`` has them (``scripts/energy_report.py``): ``--input random|zeros`` feeds ``--samples``
+    synthetic inputs (``energy.synthetic``) instead of the evaluation split, and ``--no-checkpoint`` builds the
+    untrained model of the config for the architecture-only report (one zero input; no checkpoint, no data)."""
     from models import read_checkpoint
-    from utils.data import build_eval_loader, resolve_data_config
+    from utils.data import DVS_DATASETS, build_eval_loader, resolve_data_config
     from utils.distributed import select_device
+    from utils.factory import build_model
     from utils.main import amp_setup, default_output, load_trained_model
     from utils.run_folder import check_output_location
 
     cfg = load_config(argv, None, extra_keys=extra_keys, help_keys=EVALUATION_KEYS + tuple(extra_keys))
-    if cfg.checkpoint is None:
-        raise UserError(f'--checkpoint PATH is required: the .pth.tar file {purpose} (a run\'s '
-                        f'model_best.pth.tar, or a published checkpoint with the --config of its data set).')
-    checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
-    if not has_config_option(argv) and recorded_config(checkpoint) is None:
-        raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
-                        f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
-    cfg = config_from_checkpoint(argv, checkpoint, extra_keys) or cfg
+    no_checkpoint = 'no_checkpoint' in cfg and cfg.no_checkpoint
+    data = 'none' if no_checkpoint else cfg.input if 'input' in cfg else 'data'
+    check_synthetic_keys(cfg, data)
+    checkpoint = None
+    if not no_checkpoint:
+        if cfg.checkpoint is None:
+            raise UserError(f'--checkpoint PATH is required: the .pth.tar file {purpose} (a run\'s '
+                            f'model_best.pth.tar, or a published checkpoint with the --config of its data set)'
+                            + ('; without one, --no-checkpoint gives the architecture-only report.'
+                               if 'no_checkpoint' in cfg else '.'))
+        checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
+        if not has_config_option(argv) and recorded_config(checkpoint) is None:
+            raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
+                            f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
+        cfg = config_from_checkpoint(argv, checkpoint, extra_keys) or cfg
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype = None
@@ -64,15 +97,44 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
         amp_dtype, _ = amp_setup(cfg, device)
     output = cfg.output or default_output(cfg, desc)
     check_output_location(output)
-    model = load_trained_model(cfg, checkpoint, device)
-    loader = build_eval_loader(cfg, device=device)
-    limit = cfg.limit_batches if cfg.limit_batches is not None else cfg.limit_eval_batches
-    batches = loader if limit is None else itertools.islice(loader, limit)
-    total = len(loader) if limit is None else min(limit, len(loader))
-    if sys.stderr.isatty():
+    if checkpoint is None:
+        model, record = build_model(cfg).to(device), None
+    else:
+        model, record = load_trained_model(cfg, checkpoint, device), checkpoint_record(cfg.checkpoint, checkpoint)
+    if data == 'data':
+        loader = build_eval_loader(cfg, device=device)
+        limit = cfg.limit_batches if cfg.limit_batches is not None else cfg.limit_eval_batches
+        batches = loader if limit is None else itertools.islice(loader, limit)
+        total = len(loader) if limit is None else min(limit, len(loader))
+    else:
+        from energy.synthetic import input_shape, synthetic_batches
+        events = cfg.dataset in DVS_DATASETS
+        shape = input_shape(model, cfg.img_size, events)
+        samples = 1 if data == 'none' else cfg.samples
+        batches = synthetic_batches(shape, 'zeros' if data == 'none' else data, samples, cfg.val_batch_size,
+                                    cfg.seed, events)
+        total = len(batches)
+    if sys.stderr.isatty() and data != 'none':
         from tqdm import tqdm
         batches = tqdm(batches, total=total, desc=desc, dynamic_ncols=True)
-    return ReportRun(cfg, model, device, amp_dtype, batches, total, output)
+    return ReportRun(cfg, model, device, amp_dtype, batches, total, output, checkpoint=record, data=data)
+
+
+def check_synthetic_keys(cfg: Config, data: str) -> None:
+    """Refuse combinations that would silently be ignored, before anything runs."""
+    from utils.config import ConfigError
+    given = cfg.command_line
+    if data == 'none' and cfg.checkpoint is not None:
+        raise ConfigError('--no-checkpoint and --checkpoint exclude each other: the architecture-only report uses no '
+                          'weights. Drop one of them.')
+    if data == 'none' and 'input' in given:
+        raise ConfigError('--no-checkpoint feeds no input: drop --input (it is for a checkpoint without data).')
+    if data == 'data' and 'input' in cfg and 'samples' in given:  # spike_report's --samples is another key
+        raise ConfigError('--samples sets how many synthetic inputs --input random|zeros feeds; with the data set '
+                          'use --limit-batches.')
+    if data != 'none' and 'assume_rate' in given:
+        raise ConfigError('--assume-rate belongs to the architecture-only report: add --no-checkpoint (with a '
+                          'checkpoint, firing rates are measured, not assumed).')
 
 
 def write_report_files(output: str, files: Sequence[Tuple[str, Callable[[str], None]]]) -> list:

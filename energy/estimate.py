@@ -1,12 +1,12 @@
 """``estimate_energy``: one evaluation pass that also counts operations (docs/recipe.md section 6)."""
 import contextlib
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 from torch import nn
 
 from .constants import E_AC_PJ, E_MAC_PJ
-from .counter import EnergyCounter
+from .counter import NSPKS_MAX, EnergyCounter
 from .report import EnergyReport
 
 
@@ -45,6 +45,8 @@ def evaluate_hooked(model: nn.Module, batches: Iterable, hooks, device: Optional
         with hooks, torch.no_grad(), amp:
             for batch in batches:
                 x, target = _split(batch)
+                if x.shape[0] == 0:  # an empty batch evaluates nothing (and its empty tensors carry no marks)
+                    continue
                 output = model(x.to(device, non_blocking=True))
                 seen += x.shape[0]
                 if target is None:
@@ -59,13 +61,27 @@ def evaluate_hooked(model: nn.Module, batches: Iterable, hooks, device: Optional
 
 def estimate_energy(model: nn.Module, batches: Iterable, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ,
                     rate_average: str = 'samples', device: Optional[torch.device] = None,
-                    autocast_dtype: Optional[torch.dtype] = None) -> EnergyReport:
+                    autocast_dtype: Optional[torch.dtype] = None, multispike: str = 'mac') -> EnergyReport:
     """Run ``model`` in eval mode over ``batches`` and return the per-sample energy estimate.
 
     ``batches``, ``device`` and ``autocast_dtype`` are as in :func:`evaluate_hooked`. Top-1 is reported when every
-    batch has targets. ``rate_average`` is explained in :class:`EnergyCounter`. The model's outputs are those of a
-    plain evaluation.
+    batch has targets. ``rate_average`` is explained in :class:`EnergyCounter`; ``multispike`` ('mac', the
+    published default, or 'ac') is the counting rule for layers whose input is spike counts (:mod:`energy.counter`;
+    it changes nothing for a model without them, such as Spikingformer). The model's outputs are those of a plain
+    evaluation. For both rules from one pass, use :func:`estimate_energy_rules`.
     """
+    return estimate_energy_rules(model, batches, e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, rate_average=rate_average,
+                                 device=device, autocast_dtype=autocast_dtype, rules=(multispike,))[multispike]
+
+
+def estimate_energy_rules(model: nn.Module, batches: Iterable, e_mac_pj: float = E_MAC_PJ,
+                          e_ac_pj: float = E_AC_PJ, rate_average: str = 'samples',
+                          device: Optional[torch.device] = None, autocast_dtype: Optional[torch.dtype] = None,
+                          rules=('mac', 'ac')) -> Dict[str, EnergyReport]:
+    """:func:`estimate_energy` once per counting rule in ``rules``, from one evaluation pass: ``{rule: report}``."""
     counter = EnergyCounter(model, rate_average=rate_average)
+    for rule in rules:
+        if rule not in NSPKS_MAX:  # before the pass, not after it
+            raise ValueError(f"multispike must be one of {tuple(NSPKS_MAX)}, got {rule!r}")
     top1 = evaluate_hooked(model, batches, counter, device=device, autocast_dtype=autocast_dtype)
-    return counter.report(e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, top1=top1)
+    return {rule: counter.report(e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj, top1=top1, multispike=rule) for rule in rules}

@@ -66,6 +66,17 @@ class LayerEnergy:
 
 
 @dataclass
+class Unclassified:
+    """An operation the estimator could not classify, left out of the totals: ``name`` is the innermost module
+    running it ('' for the model's own forward), ``what`` the function (``matmul()``, ``conv2d()``, ...) or ``module
+    <Type> with parameters``; ``calls`` over the whole pass; ``dense_ops`` per sample when the shapes give it."""
+    name: str
+    what: str
+    calls: int
+    dense_ops: Optional[float]
+
+
+@dataclass
 class AttentionRates:
     """Firing rates of one spiking self-attention's Q, K and V neurons and the shape of its products."""
     name: str
@@ -84,7 +95,9 @@ class EnergyReport:
 
     ``energy_mj = (e_mac_pj * mac_ops + e_ac_pj * ac_ops) * 1e-9``; ``top1`` is in percent, ``None`` without
     targets. ``groups`` maps each operation's name to 'tokenizer', 'attention', 'MLP', 'head' or 'other' (for the
-    figure; see :func:`energy.counter.layer_groups`).
+    figure; see :func:`energy.counter.layer_groups`). ``multispike`` is the counting rule for inputs of spike counts
+    ('mac' or 'ac', :mod:`energy.counter`), ``count_inputs`` the layers whose input is spike counts, and
+    ``unclassified`` what was not counted (:class:`Unclassified`).
     """
     samples: int
     mac_ops: float
@@ -97,16 +110,44 @@ class EnergyReport:
     e_ac_pj: float = E_AC_PJ
     rate_average: str = 'samples'
     groups: Dict[str, str] = field(default_factory=dict)
+    multispike: str = 'mac'
+    count_inputs: List[str] = field(default_factory=list)
+    unclassified: List[Unclassified] = field(default_factory=list)
 
     @classmethod
     def from_layers(cls, layers: Sequence[LayerEnergy], samples: int, top1: Optional[float], e_mac_pj: float,
                     e_ac_pj: float, attention: Sequence[AttentionRates] = (), rate_average: str = 'samples',
-                    groups: Optional[Dict[str, str]] = None) -> 'EnergyReport':
+                    groups: Optional[Dict[str, str]] = None, multispike: str = 'mac',
+                    count_inputs: Sequence[str] = (), unclassified: Sequence[Unclassified] = ()) -> 'EnergyReport':
         mac = sum(layer.ops for layer in layers if layer.kind == 'mac')
         ac = sum(layer.ops for layer in layers if layer.kind == 'ac')
         return cls(samples=samples, mac_ops=mac, ac_ops=ac, energy_mj=(mac * e_mac_pj + ac * e_ac_pj) * 1e-9,
                    top1=top1, layers=list(layers), attention=list(attention), e_mac_pj=e_mac_pj, e_ac_pj=e_ac_pj,
-                   rate_average=rate_average, groups=dict(groups or {}))
+                   rate_average=rate_average, groups=dict(groups or {}), multispike=multispike,
+                   count_inputs=list(count_inputs), unclassified=list(unclassified))
+
+    def rule_lines(self) -> List[str]:
+        """The counting rule and the layers on spike counts, in words (none for a model without spike counts
+        under the default rule, so a Spikingformer report reads as before the rules existed)."""
+        if self.multispike == 'mac' and not self.count_inputs:
+            return []
+        price = ('their dense operations as MACs (rule `mac`, the published calculator\'s default Nspks_max = 1)'
+                 if self.multispike == 'mac' else 'dense operations x mean count as ACs when the count is at most 30 '
+                 '(rule `ac`, the published calculator\'s Nspks_max = 30)')
+        counts = ', '.join(f'`{n}`' for n in self.count_inputs) or 'none'
+        return [f'layers on spike counts (sums of spikes): {counts}; they cost {price}']
+
+    def unclassified_lines(self) -> List[str]:
+        """A Markdown section listing what was not counted ([] when everything was)."""
+        if not self.unclassified:
+            return []
+        lines = ['## Not counted', '', 'Operations the estimator could not classify; they are **not** in the totals '
+                 'above. Count them by hand, or build them from convolutions, linears and neurons.', '',
+                 '| module | operation | calls | dense ops per sample |', '|---|---|---|---|']
+        for u in self.unclassified:
+            dense = si(u.dense_ops) if u.dense_ops is not None else '?'
+            lines.append(f'| {u.name or "(model)"} | {u.what} | {u.calls} | {dense} |')
+        return lines + ['']
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +157,7 @@ class EnergyReport:
         """A Markdown page: totals, the paper's numbers beside ours (when ``paper`` is given), Q/K/V firing rates
         per block and the per-layer table. ``details`` are extra lines placed under the title (config, data)."""
         lines = [f'# {title}', '']
-        lines += [f'- {d}' for d in details]
+        lines += [f'- {d}' for d in list(details) + self.rule_lines()]
         lines += [f'- samples: {self.samples}; E_MAC = {self.e_mac_pj} pJ, E_AC = {self.e_ac_pj} pJ (45 nm); '
                   f'counts and energy are per sample',
                   f'- numbers to {DIGITS} significant figures (the MAC count exactly), shares to 0.1%', '']
@@ -161,4 +202,5 @@ class EnergyReport:
             lines.append(f'| {i} | {layer.name} | {layer.kind.upper()} | {si(layer.dense_ops)} | {rate} | '
                          f'{si(layer.ops)} | {energy} | {share(layer.energy_mj / total)} |')
         lines.append('')
+        lines += self.unclassified_lines()
         return '\n'.join(lines)

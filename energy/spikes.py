@@ -206,7 +206,7 @@ class SpikeRecorder(SpikeHooks):
 
     def on_layer(self, name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor,
                  mark: Optional[SpikeMark]) -> None:
-        if mark is not None and mark.source in self._neurons:
+        if mark is not None and mark.count_max == 1 and mark.source in self._neurons:
             readers = self._neurons[mark.source].readers
             readers[name] = readers.get(name, True) and mark.direct
 

@@ -2,7 +2,14 @@
 
     python scripts/energy_report.py --config imagenet/imagenet.yml --checkpoint PATH --data-dir DIR --output DIR
         [--limit-batches N] [--use-ema] [--precision float32|amp] [--rate-average samples|batches]
-        [--e-mac-pj 4.6] [--e-ac-pj 0.9] [--key value ...]   (any config key: --val-batch-size, --device, ...)
+        [--multispike mac|ac] [--e-mac-pj 4.6] [--e-ac-pj 0.9] [--key value ...]   (any config key)
+    ... --checkpoint PATH --input random|zeros [--samples 16] [--seed 42]     (no data set: synthetic inputs)
+    ... --model NAME --no-checkpoint [--assume-rate 0.05:0.3:6]               (architecture only, assumed rates)
+    ... --compare MODEL_A MODEL_B --checkpoint A --checkpoint B [--data-dir DIR]  (one table, both rules)
+
+``--multispike`` is the counting rule for layers whose input is spike counts (sums of spikes, as in Spikformer's
+residual stream): ``mac`` (default, the published calculator's Nspks_max = 1: such a layer costs MACs) or ``ac``
+(Nspks_max = 30: ACs times the mean count). It changes nothing for Spikingformer, whose layers all read 0/1 spikes.
 
 The pass runs in float32 like the published calculator (which evaluates without autocast), whatever the config's
 training ``amp``; ``--precision amp`` evaluates under the config's ``amp_dtype`` instead (spikes, hence firing rates,
@@ -20,6 +27,12 @@ on the console):
   rates per block and the per-layer table;
 * ``energy.png``: energy per operation (log scale, in the title's unit, share on each bar) and input firing rate per
   operation, grouped into tokenizer, attention, MLP and head; Q/K/V firing rates per block.
+
+``energy.json`` also records ``provenance`` (command, git commit, versions, host: ``utils.provenance``) and
+``checkpoint`` (path, SHA-256, and the provenance of the training run when the checkpoint records one).
+Operations the estimator cannot classify are listed in ``unclassified`` (and under "Not counted"), never dropped
+silently. ``--no-checkpoint`` writes ``architecture.json``/``architecture.md`` instead; ``--compare`` writes
+``compare.json``/``compare.md`` (``energy.compare``). The details are in docs/energy.md.
 """
 import os
 import sys
@@ -35,8 +48,10 @@ with exit_on_interrupt(INTERRUPTED):
     import time
     from dataclasses import asdict
 
-    from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files
+    from energy.cli import REPORT_KEYS, model_details, prepare_report, report_provenance, write_report_files
     from energy.constants import E_AC_PJ, E_MAC_PJ
+    from energy.counter import MULTISPIKE
+    from energy.synthetic import INPUTS
     from utils.config import Bounds, Key
 
 EXTRA_KEYS = {
@@ -46,6 +61,15 @@ EXTRA_KEYS = {
     'rate_average': Key('samples', str, "Q/K/V firing rates over all samples, or the mean of per-batch rates as the "
                         "published calculator (equal when every batch has the same size)",
                         choices=('samples', 'batches')),
+    'multispike': Key('mac', str, "counting rule for layers on spike counts (sums of spikes, e.g. Spikformer): 'mac' "
+                      "(published default Nspks_max=1: MACs) or 'ac' (Nspks_max=30: ACs x mean count)",
+                      choices=MULTISPIKE),
+    'input': Key('data', str, "'data' (the evaluation split), or synthetic inputs without a data set: 'random' "
+                 "(normal images / Poisson event counts) or 'zeros'", choices=INPUTS),
+    'samples': Key(16, int, 'how many synthetic inputs --input random|zeros feeds', bounds=Bounds(1)),
+    'no_checkpoint': Key(False, bool, 'architecture-only report: no weights, no data; energy at --assume-rate'),
+    'assume_rate': Key('0.05:0.3:6', str, 'ASSUMED firing rate(s) of --no-checkpoint: 0.15, 0.05,0.1,0.2 or a sweep '
+                       'START:STOP:COUNT'),
 }
 
 
@@ -67,17 +91,25 @@ def main(argv=None) -> dict:
     from energy.plot import plot_report
     from energy.report import mj, si
 
-    run = prepare_report(list(sys.argv[1:] if argv is None else argv), EXTRA_KEYS,
-                         'whose energy to estimate', 'energy')
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a == '--compare' or a.startswith('--compare=') for a in args):
+        from energy.compare import compare_main
+        return compare_main(args, EXTRA_KEYS, provenance_argv=argv)
+    run = prepare_report(args, EXTRA_KEYS, 'whose energy to estimate', 'energy')
+    if run.data == 'none':
+        return architecture_main(run, argv)
     cfg, model, device, amp_dtype, total, output = run.cfg, run.model, run.device, run.amp_dtype, run.total, run.output
 
     start = time.time()
     report = estimate_energy(model, run.batches, e_mac_pj=cfg.e_mac_pj, e_ac_pj=cfg.e_ac_pj,
-                             rate_average=cfg.rate_average, device=device, autocast_dtype=amp_dtype)
+                             rate_average=cfg.rate_average, device=device, autocast_dtype=amp_dtype,
+                             multispike=cfg.multispike)
     seconds = time.time() - start
-    row = published_row(cfg, model)
+    row = published_row(cfg, model) if run.data == 'data' else None
 
     title = f'{cfg.model} on {cfg.dataset}'
+    if run.data != 'data':
+        title = f'{cfg.model} on synthetic {run.data} inputs (seed {cfg.seed}; not {cfg.dataset} data)'
     top1 = f', top-1 {report.top1:.2f}%' if report.top1 is not None else ''
     samples = f'{report.samples} sample{"s" if report.samples != 1 else ""}'
     print(f'{title} ({samples}{top1}): {report.mac_ops:,.0f} MAC, {si(report.ac_ops)} AC, '
@@ -86,10 +118,17 @@ def main(argv=None) -> dict:
                 use_ema=cfg.use_ema, time_steps=model.T, num_heads=model.num_heads, embed_dims=model.embed_dims,
                 depths=model.depths, batches=total, device=str(device),
                 amp_dtype=str(amp_dtype).replace('torch.', '') if amp_dtype else None, seconds=round(seconds, 3))
+    if run.data != 'data':
+        info.update(input=run.data, synthetic_samples=report.samples, seed=cfg.seed)
+    for u in report.unclassified:
+        print(f'not counted: {u.name or "(model)"}: {u.what} ({u.calls} calls); see "Not counted" in energy.md',
+              file=sys.stderr)
+    extra = report_provenance('energy_report.py', argv, run)
 
     def dump(path):
         with open(path, 'w') as f:
-            json.dump({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None}, f, indent=2)
+            json.dump({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None, **extra}, f,
+                      indent=2)
 
     def markdown(path):
         with open(path, 'w') as f:
@@ -98,6 +137,42 @@ def main(argv=None) -> dict:
     write_report_files(output, [('energy.json', dump), ('energy.md', markdown),
                                 ('energy.png', lambda path: plot_report(report, path, title=title))])
     return dict(report=report, output=output, paper=row)
+
+
+def architecture_main(run, argv) -> dict:
+    """``--no-checkpoint``: dense operations per layer and the energy at assumed firing rates (energy.synthetic)."""
+    from energy.synthetic import architecture_counts, architecture_markdown, energy_at_rates, parse_rates
+    from energy.report import mj
+    from utils.config import ConfigError
+
+    cfg, model = run.cfg, run.model
+    try:
+        rates = parse_rates(cfg.assume_rate)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    counts = architecture_counts(model, run.batches[0].to(run.device))
+    estimates = {rule: energy_at_rates(counts, rates, rule, cfg.e_mac_pj, cfg.e_ac_pj) for rule in MULTISPIKE}
+    mac = estimates['mac'][0].mac_ops
+    title = f'Architecture-only energy estimate (assumed firing rates): {cfg.model}'
+    print(f'{cfg.model} (no checkpoint, no data): {mac:,.0f} MAC per sample under rule mac; at an ASSUMED firing '
+          f'rate of {rates[0]:.4g}: {mj(estimates[cfg.multispike][0].energy_mj)} (rule {cfg.multispike})', flush=True)
+    details = [f'model `{cfg.model}` (T={model.T}), input of the `{cfg.dataset}` layout, size {cfg.img_size}',
+               f'E_MAC = {cfg.e_mac_pj} pJ, E_AC = {cfg.e_ac_pj} pJ (45 nm)']
+    extra = report_provenance('energy_report.py', argv, run)
+    data = {'assumed': True, 'model': cfg.model, 'dataset': cfg.dataset, 'img_size': cfg.img_size,
+            **counts.to_dict(), 'estimates': {rule: [asdict(e) for e in rows] for rule, rows in estimates.items()},
+            'e_mac_pj': cfg.e_mac_pj, 'e_ac_pj': cfg.e_ac_pj, **extra}
+
+    def dump(path):
+        with open(path, 'w') as f:
+            json.dump(data, f, indent=2)
+
+    def markdown(path):
+        with open(path, 'w') as f:
+            f.write(architecture_markdown(counts, estimates, title, details))
+
+    write_report_files(run.output, [('architecture.json', dump), ('architecture.md', markdown)])
+    return dict(counts=counts, estimates=estimates, output=run.output)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,9 @@ Config and checkpoint are read exactly as by ``scripts/energy_report.py`` (``ene
 alike. Writes into ``--output``:
 
 * ``spikes.json``: per neuron (by module name, network order): firing rate per time step and overall, fractions of
-  silent and always-firing channels, the layers reading its spikes; the first sample's Q/K/V rates per head;
+  silent and always-firing channels, the layers reading its spikes; the first sample's Q/K/V rates per head; the
+  ``provenance`` of the report (``utils.provenance``) and the ``checkpoint`` (path, SHA-256, the training run's
+  provenance when the checkpoint records one);
 * ``spikes.md``: the same as tables;
 * ``firing_rates.png``: neuron x time step heat map of firing rates, with the overall rates;
 * ``firing_maps.png``: for the first ``--samples`` samples, the input and the tokenizer's firing maps per time step;
@@ -27,7 +29,7 @@ with exit_on_interrupt(INTERRUPTED):
     import json
     import time
 
-    from energy.cli import REPORT_KEYS, model_details, prepare_report, write_report_files
+    from energy.cli import REPORT_KEYS, model_details, prepare_report, report_provenance, write_report_files
     from utils.config import Bounds, Key
 
 EXTRA_KEYS = {
@@ -61,9 +63,11 @@ def main(argv=None) -> dict:
                 amp_dtype=str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else None,
                 seconds=round(seconds, 3))
 
+    extra = report_provenance('spike_report.py', argv, run)
+
     def dump(path):
         with open(path, 'w') as f:
-            json.dump({**report.to_dict(), 'run': info}, f, indent=2)
+            json.dump({**report.to_dict(), 'run': info, **extra}, f, indent=2)
 
     def markdown(path):
         with open(path, 'w') as f:

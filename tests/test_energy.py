@@ -2,6 +2,7 @@
 arithmetic, the weight-independent ImageNet MAC counts, and unchanged model outputs."""
 import dataclasses
 import inspect
+import json
 import math
 
 import pytest
@@ -219,15 +220,29 @@ def test_attention_rates_are_the_published_rates(reference):
 
 
 # -------------------------------------------------------------------------------- published MAC counts, ImageNet
-@pytest.mark.parametrize('name, macs', [('spikingformer_8_512', 347_329_512), ('spikingformer_8_768', 520_993_768)])
-def test_imagenet_mac_counts(name, macs):
-    """Weight-independent MACs per ImageNet image (docs/recipe.md section 6): the first convolution over T = 4 steps
-    plus the head (weights and bias)."""
-    model = timm.create_model(name)
-    report = energy.estimate_energy(model, [torch.randn(1, 3, 224, 224)])
-    assert report.mac_ops == macs
-    assert [layer.name for layer in report.layers if layer.kind == 'mac'] == ['patch_embed.stem_conv', 'head']
-    assert len([layer for layer in report.layers if 'product' in layer.name]) == 2 * 8
+def test_imagenet_mac_counts_without_data(tmp_path):
+    """Weight-independent MACs per ImageNet image (the first convolution over T = 4 steps plus the head, weights and
+    bias), with no checkpoint and no data: 347,329,512 for 8-512 through ``energy_report.py --no-checkpoint``,
+    520,993,768 for 8-768 through the function; the energy at an assumed rate r is 4.6 pJ x MACs + 0.9 pJ x r x (the
+    dense ops of every AC layer and attention product)."""
+    from energy.synthetic import architecture_counts, energy_at_rates
+    result = load_script('energy_report').main(['--config', 'imagenet/imagenet.yml', '--model', 'spikingformer_8_512',
+                                                '--no-checkpoint', '--assume-rate', '0.1,0.2', '--output',
+                                                str(tmp_path / 'a')])
+    for rows in result['estimates'].values():
+        assert [e.mac_ops for e in rows] == [347_329_512] * 2
+    md = (tmp_path / 'a' / 'architecture.md').read_text()
+    assert 'ASSUMED' in md and '| 10% (assumed) | mac | 347,329,512 |' in md and 'block.7.mlp.mlp2_conv' in md
+    data = json.loads((tmp_path / 'a' / 'architecture.json').read_text())
+    assert data['assumed'] is True and data['checkpoint'] is None and 'provenance' in data
+    counts = architecture_counts(timm.create_model('spikingformer_8_768'), torch.zeros(1, 3, 224, 224))
+    (e,) = energy_at_rates(counts, [0.15])
+    assert e.mac_ops == 520_993_768
+    dense_ac = sum(layer.dense_ops for layer in counts.layers if layer.kind in ('ac', 'product'))
+    assert e.ac_ops == pytest.approx(0.15 * dense_ac, rel=1e-12)
+    assert e.energy_mj == pytest.approx((4.6 * 520_993_768 + 0.9 * 0.15 * dense_ac) * 1e-9, rel=1e-12)
+    assert [layer.name for layer in counts.layers if layer.kind == 'mac'] == ['patch_embed.stem_conv', 'head']
+    assert len([layer for layer in counts.layers if layer.kind == 'product']) == 2 * 8
 
 
 # ----------------------------------------------------------------------------------- outputs, hooks, input kinds
