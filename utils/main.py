@@ -378,7 +378,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
     checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
-    cfg = config_from_checkpoint(argv, checkpoint) or cfg
+    cfg = config_from_checkpoint(argv, checkpoint, evaluation=True) or cfg
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype, _ = amp_setup(cfg, device)

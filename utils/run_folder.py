@@ -167,6 +167,9 @@ def open_resume(cfg: Config, argv: Sequence[str]) -> tuple:
     with. Without ``--config`` the recorded config is the base (command-line keys override it), so ``--resume PATH``
     alone continues the run as it was configured; the output folder is the checkpoint's (:func:`resume_folder`)."""
     path = cfg.resume
+    if os.path.isdir(path):
+        raise CheckpointError(f'--resume {path} is a folder, not a checkpoint file: resume from its {LAST}, e.g. '
+                              f'--resume {os.path.join(path, LAST)}')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint to resume from not found: {path}\nPass the last.pth.tar of a run folder '
                               f'(relative paths start in the current directory: {os.getcwd()}).')
