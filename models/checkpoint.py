@@ -96,6 +96,9 @@ def read_checkpoint(path: str, trust: bool = False, mmap: bool = False) -> Any:
     """
     if os.path.isdir(path):
         raise CheckpointError(folder_given(path))
+    if os.path.islink(path) and not os.path.exists(path):
+        raise CheckpointError(f'checkpoint {path} is a symbolic link to {os.readlink(path)}, which does not exist.\n'
+                              f'Point the link at the checkpoint file, or pass the file itself.')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}\nCheck the path (relative paths are taken from the '
                               f'current directory: {os.getcwd()}).')

@@ -48,6 +48,7 @@ with exit_on_interrupt(INTERRUPTED):
     from tqdm import tqdm
 
     from utils.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31
+    from utils.atomic import replace_atomically
 
 DATASETS = ('dvs128-gesture', 'cifar10-dvs')
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -209,8 +210,8 @@ def _gesture_jobs(raw, out):
 
     def jobs():
         for name, shown, read in src.recordings(list(trials)):
+            csv_name = os.path.splitext(name)[0] + '_labels.csv'  # beside the recording
             stem = os.path.splitext(os.path.basename(name))[0]  # samples go into out/<split>/<label>/ only
-            csv_name = stem + '_labels.csv'
             csv_text = src.text(csv_name)
             yield shown, (lambda read=read, csv_text=csv_text, stem=stem, split=trials[name], shown=shown,
                           csv_name=csv_name: split_gesture_recording(
@@ -393,8 +394,10 @@ def prepare(dataset, raw, root, workers=None, force=False, progress=True):
     if dataset == 'dvs128-gesture':
         meta['train_samples'] = _count_npz(os.path.join(final, 'train'))
         meta['test_samples'] = _count_npz(os.path.join(final, 'test'))
-    with open(os.path.join(root, META), 'w') as f:
-        json.dump(meta, f, indent=1)
+    def write_meta(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(meta, f, indent=1)
+    replace_atomically(os.path.join(root, META), write_meta)  # whole or absent, never through a link
     split = (f' (train {meta["train_samples"]}, test {meta["test_samples"]})' if 'train_samples' in meta else '')
     print(f'{dataset}: {total} recordings -> {n_samples} samples{split}, {n_events} events in {seconds:.1f} s '
           f'({n_events / max(seconds, 1e-9) / 1e6:.2f} M events/s) under {final}')

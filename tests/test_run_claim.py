@@ -171,3 +171,32 @@ def test_two_runs_without_output_in_the_same_instant_get_two_folders(data, monke
     first, second = train_main(base)['output'], train_main(base)['output']
     assert first != second and os.path.isdir(first) and os.path.isdir(second)
     assert all(len(read_summary(Path(f))) == 1 for f in (first, second))
+
+
+FORKING_HOLDER = r"""
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from utils.run_claim import claim_folder
+claim_folder({folder!r}, str)
+child = os.fork()  # as a DataLoader worker is forked
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_runs_claim(tmp_path):
+    folder = tmp_path / 'run'
+    proc = subprocess.Popen([sys.executable, '-c', FORKING_HOLDER.format(repo=str(REPO), folder=str(folder))],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        assert run_claim.is_claimed(str(folder)) is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)  # the forked child is still alive ...
+        assert run_claim.is_claimed(str(folder)) is None  # ... and holds nothing: the claim died with its maker
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -16,9 +16,10 @@ Details that make it hold:
 * after the lock is taken, the path must still name the locked file (another process may have released and removed
   it in between): otherwise the claim starts again. This is the usual lock-file protocol; it is what lets a claim
   remove its file when it ends, so a finished run folder holds no lock file;
-* flock works on local disks and, on Linux, on NFS (emulated with POSIX byte-range locks since kernel 2.6.12).
-  DataLoader worker processes inherit the descriptor: after a ``kill -9`` of the main process the claim is free once
-  they have noticed and exited (a few seconds).
+* flock works on local disks and, on Linux, on NFS (emulated with POSIX byte-range locks since kernel 2.6.12);
+* a forked child (a DataLoader worker) closes its inherited copy of the descriptor at once
+  (``os.register_at_fork``): a flock lasts while any copy is open, so otherwise a ``kill -9`` of the main process
+  would leave the claim held until its workers noticed and exited.
 
 A refused or failed start removes what the claim created (the lock file, and the folder when the claim created it and
 it is empty again), so a start that fails writes nothing.
@@ -76,6 +77,22 @@ class RunClaim:
                 pass
 
 
+def _forget_in_child() -> None:
+    """After a fork, in the child: close the inherited lock descriptors (without removing the files), so that the
+    claim ends with the process that made it."""
+    for claim in _held:
+        try:
+            os.close(claim.fd)
+        except OSError:
+            pass
+        claim.fd = None
+    _held.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def holder_line() -> str:
     return (f'process {os.getpid()} on host {socket.gethostname()}, started '
             f'{time.strftime("%Y-%m-%d %H:%M:%S %Z")}')
@@ -121,7 +138,24 @@ def claim_folder(folder: str, in_use: Callable[[str], str], create: bool = True,
         except FileExistsError:
             pass
     path = os.path.join(folder, LOCK_NAME)
+    try:
+        return _claim(folder, path, in_use, created)
+    except BaseException as e:
+        if created:  # leave nothing behind (rmdir removes only an empty folder: never one another run uses)
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        if not isinstance(e, OSError):
+            raise
+        raise UserError(f'cannot claim the run folder {folder}: {path}: {e.strerror or e}.\nThe run keeps its claim '
+                        f'of the folder in that file: remove what is in the way, or choose another folder.') from None
+
+
+def _claim(folder: str, path: str, in_use: Callable[[str], str], created: bool) -> RunClaim:
     for _ in range(_MAX_TRIES):
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise IsADirectoryError(21, 'it is a folder, not the lock file', path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
