@@ -18,8 +18,8 @@ import yaml
 
 from helpers import CIFAR10_YML, REPO, SCHEDULE, TINY, read_summary, refused, train_and_kill, write_cifar10
 from utils import run_claim
-from utils.main import default_output, train_main
 from utils.config import load_config
+from utils.main import default_output, train_main
 
 # train.py's training after a barrier: every heavy import done, then wait for the signal file, then run.
 STARTER = r"""
@@ -61,7 +61,8 @@ def test_two_starts_into_one_folder_at_once_one_is_refused_naming_the_holder(dat
     try:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob('ready*'))) < 2:  # both have imported everything
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), 'a starter failed'
+            failed = [p.communicate() for p in procs if p.poll() is not None]
+            assert not failed and time.monotonic() < deadline, ('a starter ended before the signal', failed)
             time.sleep(0.05)
         go.write_text('')
         results = [p.communicate(timeout=300) for p in procs]

@@ -158,7 +158,8 @@ SCHEMA = {
     'device': _k('auto', str, 'auto = CUDA when available', choices=('auto', 'cpu', 'cuda')),
     'threads': _k(None, int, 'CPU threads per process (torch.set_num_threads); null = PyTorch\'s default',
                   nullable=True, bounds=ONE_OR_MORE),
-    'output': _k(None, str, 'run folder; null = output/<train|test>/<time>-<dataset>-<model>', nullable=True),
+    'output': _k(None, str, 'run folder; null = a new output/<train|test>/<time>-<dataset>-<model>-<suffix>',
+                 nullable=True),
     'resume': _k(None, str, 'continue training from this checkpoint (last.pth.tar of a run)', nullable=True),
     'initial_checkpoint': _k(None, str, 'start a new run from this checkpoint\'s weights (fine-tuning; the head is '
                              're-initialised when the class count differs)', nullable=True),

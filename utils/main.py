@@ -1,7 +1,8 @@
 """The two entry points every data set's ``train.py`` and ``test.py`` call: :func:`train_main`, :func:`test_main`.
 
-Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>``; on ``--resume`` the resumed run's
-folder): ``args.yaml`` (the resolved config), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
+Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>-<suffix>``, unique: :func:`default_output`;
+on ``--resume`` the resumed run's folder; claimed by rank 0 for the run's life: ``utils.run_claim``): ``args.yaml``
+(the resolved config), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
 start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
@@ -13,7 +14,6 @@ import io
 import json
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 import numpy as np

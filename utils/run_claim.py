@@ -191,7 +191,7 @@ def is_claimed(folder: str) -> Optional[str]:
     start does its slow work)."""
     path = os.path.join(folder, LOCK_NAME)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO never blocks it
     except OSError:
         return None
     try:

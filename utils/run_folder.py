@@ -14,9 +14,14 @@ What a start checks before it writes anything (rank 0 checks the folder; every r
 * the disk has room for three checkpoints (last, best, and the next last while it is written), estimated from the
   model's state, the optimizer's state and the EMA copy.
 
+Before it writes, rank 0 claims the folder for the run's life (``utils.run_claim``): a folder that a running process
+holds is refused, naming it. A resume of a run that has trained its whole schedule ends at once
+(``utils.finished_run``).
+
 Then (rank 0): the folder is created, temporary files left by a killed process are removed, ``model_best.pth.tar``
 is repaired when a kill fell between writing ``last.pth.tar`` and linking it (see ``utils.checkpoint``), and
-``args.yaml`` is written.
+``args.yaml`` is written (on resume: once the first new checkpoint is saved, so it never names a recipe that the
+checkpoints did not train with).
 """
 import os
 import re
