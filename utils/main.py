@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 import numpy as np
