@@ -201,3 +201,17 @@ def test_a_forked_child_does_not_keep_a_killed_runs_claim(tmp_path):
         assert run_claim.is_claimed(str(folder)) is None  # ... and holds nothing: the claim died with its maker
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_file_system_without_locks_warns_and_trains(data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, 'No locks available')
+    monkeypatch.setattr(run_claim.fcntl, 'flock', no_locks)
+    folder = tmp_path / 'run'
+    train_main(['--config', CIFAR10_YML, '--data-dir', str(data), '--output', str(folder), '--epochs', '1',
+                '--warmup-epochs', '0', '--cooldown-epochs', '0', '--limit-train-batches', '1',
+                '--limit-eval-batches', '1'] + TINY)
+    assert 'does not support file locks' in capsys.readouterr().err
+    assert len(read_summary(folder)) == 1

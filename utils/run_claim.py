@@ -16,7 +16,9 @@ Details that make it hold:
 * after the lock is taken, the path must still name the locked file (another process may have released and removed
   it in between): otherwise the claim starts again. This is the usual lock-file protocol; it is what lets a claim
   remove its file when it ends, so a finished run folder holds no lock file;
-* flock works on local disks and, on Linux, on NFS (emulated with POSIX byte-range locks since kernel 2.6.12);
+* flock works on local disks and, on Linux, on NFS (emulated with POSIX byte-range locks since kernel 2.6.12). A file
+  system without locks (Lustre mounted without ``-o flock``, some FUSE file systems) gets one warning and an
+  unprotected run, rather than no run at all;
 * a forked child (a DataLoader worker) closes its inherited copy of the descriptor at once
   (``os.register_at_fork``): a flock lasts while any copy is open, so otherwise a ``kill -9`` of the main process
   would leave the claim held until its workers noticed and exited.
@@ -28,11 +30,13 @@ Default folder names (:func:`unique_suffix`, :func:`make_default_folder`): the t
 (and array task) when there is one, and a short random suffix, created with an exclusive ``mkdir`` so that two runs
 started at the same instant never share a folder.
 """
+import errno
 import fcntl
 import os
 import secrets
 import socket
 import stat
+import sys
 import time
 from typing import Callable, List, Optional
 
@@ -42,6 +46,7 @@ LOCK_NAME = '.run.lock'
 _MAX_TRIES = 20
 
 _held: List['RunClaim'] = []  # the claims this process holds (released by release_claims)
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)  # flock unsupported by the file system
 
 
 class FolderInUse(UserError):
@@ -51,8 +56,8 @@ class FolderInUse(UserError):
 class RunClaim:
     """This process's claim of ``folder`` (see the module docstring); ``created``: the claim made the folder."""
 
-    def __init__(self, folder: str, fd: int, created: bool):
-        self.folder, self.fd, self.created = folder, fd, created
+    def __init__(self, folder: str, fd: int, created: bool, locked: bool = True):
+        self.folder, self.fd, self.created, self.locked = folder, fd, created, locked
 
     @property
     def path(self) -> str:
@@ -64,7 +69,7 @@ class RunClaim:
         if self.fd is None:
             return
         try:
-            if _names_file(self.path, os.fstat(self.fd)):
+            if self.locked and _names_file(self.path, os.fstat(self.fd)):
                 os.remove(self.path)
         except OSError:
             pass
@@ -174,6 +179,14 @@ def _claim(folder: str, path: str, in_use: Callable[[str], str], created: bool) 
             holder = _read_holder(fd)
             os.close(fd)
             raise FolderInUse(in_use(holder)) from None
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            sys.stderr.write(f'warning: the file system of {folder} does not support file locks ({e.strerror}): '
+                             f'this run cannot keep a second start out of its folder; start one run per folder.\n')
+            claim = RunClaim(folder, fd, created, locked=False)
+            _held.append(claim)
+            return claim
         if not _names_file(path, st):  # released and removed by its holder meanwhile: claim the new one
             os.close(fd)
             continue
@@ -198,6 +211,8 @@ def is_claimed(folder: str) -> Optional[str]:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _read_holder(fd)
+    except OSError:  # no locks on this file system: nobody can hold one
+        return None
     finally:
         os.close(fd)
     return None
