@@ -138,11 +138,14 @@ def test_a_training_killed_with_sigkill_resumes_at_once(data, tmp_path):
     assert [row['epoch'] for row in read_summary(folder)] == ['0', '1']
 
 
-def test_a_refused_start_leaves_no_folder_behind(tmp_path, capsys):
+def test_a_refused_start_leaves_no_folder_behind(tmp_path, capsys, monkeypatch):
     folder = tmp_path / 'new'
     refused(capsys, train_main, ['--config', CIFAR10_YML, '--output', str(folder), '--data-dir',
                                  str(tmp_path / 'missing')] + TINY, 'missing')
     assert not folder.exists()
+    monkeypatch.chdir(tmp_path)  # the default folder, output/train/<name>, and the parents made for it
+    refused(capsys, train_main, ['--config', CIFAR10_YML, '--data-dir', str(tmp_path / 'missing')] + TINY, 'missing')
+    assert not (tmp_path / 'output').exists()
 
 
 def test_default_folder_names_are_unique_and_name_the_slurm_job(monkeypatch, tmp_path):

@@ -46,6 +46,7 @@ LOCK_NAME = '.run.lock'
 _MAX_TRIES = 20
 
 _held: List['RunClaim'] = []  # the claims this process holds (released by release_claims)
+_parents_made = {}  # default folder -> the missing parents make_default_folder created for it (output/, output/train/)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)  # flock unsupported by the file system
 
 
@@ -76,10 +77,17 @@ class RunClaim:
         os.close(self.fd)
         self.fd = None
         if self.created:
-            try:
-                os.rmdir(self.folder)  # only when empty
-            except OSError:
-                pass
+            _remove_if_empty(self.folder)
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Remove ``folder`` when empty, then the parents :func:`make_default_folder` created for it (each when empty):
+    a start that fails leaves no folder behind, nor an ``output/train/``."""
+    for path in [folder] + _parents_made.pop(folder, []):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def _forget_in_child() -> None:
@@ -147,10 +155,7 @@ def claim_folder(folder: str, in_use: Callable[[str], str], create: bool = True,
         return _claim(folder, path, in_use, created)
     except BaseException as e:
         if created:  # leave nothing behind (rmdir removes only an empty folder: never one another run uses)
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+            _remove_if_empty(folder)
         if not isinstance(e, OSError):
             raise
         raise UserError(f'cannot claim the run folder {folder}: {path}: {e.strerror or e}.\nThe run keeps its claim '
@@ -244,9 +249,14 @@ def make_default_folder(name: Callable[[], str]) -> str:
     returns it."""
     for _ in range(_MAX_TRIES):
         path = name()
+        parent, missing = os.path.dirname(path) or '.', []
+        while parent and not os.path.exists(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         try:
             os.mkdir(path)
+            _parents_made[path] = missing
             return path
         except FileExistsError:
             continue
