@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, read_summary, refused, train_and_kill, write_cifar10
+from utils import run_folder
 from utils.errors import run_cli
 from utils.main import train_main
 
@@ -35,9 +36,13 @@ def state(folder: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
-def test_a_resume_of_a_finished_run_says_so_and_touches_nothing(two_epochs, tmp_path, capsys):
+def test_a_resume_of_a_finished_run_says_so_and_touches_nothing(two_epochs, tmp_path, capsys, monkeypatch):
     folder = copy_of(two_epochs, tmp_path)
     before = state(folder)
+
+    def read_only(*args, **kwargs):  # a finished run on a read-only disk is still just finished
+        raise OSError(30, 'Read-only file system')
+    monkeypatch.setattr(run_folder.tempfile, 'mkstemp', read_only)
     for extra in ([], ['--epochs', '2']):
         with pytest.raises(SystemExit) as e:
             run_cli(train_main, ['--resume', str(folder / 'last.pth.tar')] + extra)

@@ -221,10 +221,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
             finished = finished_message(cfg, resume.progress, schedule_length(cfg))
             if finished is not None and needs_repair(cfg.output, resume.progress):
                 finished = None  # complete, but cut in its last save: the start repairs it and trains no epoch
-            if info.is_main:
+            if info.is_main and finished is None:  # a complete run needs no writable folder: it writes nothing
                 check_output_location(cfg.output, resume=True)
-                if finished is None:
-                    claim_resumed_output(cfg)  # held until the run ends: a second start is refused
+                claim_resumed_output(cfg)  # held until the run ends: a second start is refused
         else:
             initial_checkpoint = initial_checkpoint_to_load(cfg)
             if info.is_main:
