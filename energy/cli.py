@@ -88,7 +88,7 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
         if not has_config_option(argv) and recorded_config(checkpoint) is None:
             raise UserError(f'{cfg.checkpoint} does not carry its training config: pass the config of its data set '
                             f'and model with --config (e.g. imagenet/imagenet.yml for the official 8-768).')
-        cfg = config_from_checkpoint(argv, checkpoint, extra_keys) or cfg
+        cfg = config_from_checkpoint(argv, checkpoint, extra_keys, evaluation=True) or cfg
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype = None

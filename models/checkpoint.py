@@ -83,6 +83,17 @@ def _corrupt(path: str, error: BaseException) -> CheckpointError:
                            f'a PyTorch checkpoint): re-download it, or use another checkpoint of the run.')
 
 
+def folder_given(path: str) -> str:
+    """The message for a folder given where a checkpoint file is expected: the checkpoint files it holds."""
+    try:
+        files = sorted(n for n in os.listdir(path) if n.endswith(('.pth.tar', '.pth', '.pt')))
+    except OSError:
+        files = []
+    shown = f' It holds {", ".join(files[:6])}.' if files else ' It holds no .pth.tar file.'
+    example = os.path.join(path, files[0] if len(files) == 1 else 'model_best.pth.tar')
+    return f'{path} is a folder, not a checkpoint file.{shown}\nPass the file itself, e.g. {example}'
+
+
 def read_checkpoint(path: str, trust: bool = False, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with the allow-list of :func:`_safe_globals`.
 
@@ -92,6 +103,11 @@ def read_checkpoint(path: str, trust: bool = False, mmap: bool = False) -> Any:
     checkpoint the safe load accepts. A missing, truncated or corrupt file is a :class:`CheckpointError` too.
     ``mmap=True`` maps the tensors instead of reading them (cheap look-ups of ``epoch`` and the like).
     """
+    if os.path.isdir(path):
+        raise CheckpointError(folder_given(path))
+    if os.path.islink(path) and not os.path.exists(path):
+        raise CheckpointError(f'checkpoint {path} is a symbolic link to {os.readlink(path)}, which does not exist.\n'
+                              f'Point the link at the checkpoint file, or pass the file itself.')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint not found: {path}\nCheck the path (relative paths are taken from the '
                               f'current directory: {os.getcwd()}).')

@@ -48,6 +48,7 @@ with exit_on_interrupt(INTERRUPTED):
     from tqdm import tqdm
 
     from utils.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31
+    from utils.atomic import replace_atomically
 
 DATASETS = ('dvs128-gesture', 'cifar10-dvs')
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -179,12 +180,29 @@ def _open_gesture_raw(raw):
                        f'trials_to_train.txt, trials_to_test.txt, the .aedat recordings and their _labels.csv')
 
 
+def trial_names(text, list_name, raw):
+    """The recordings a trials file lists, one a line. A trials file is data, and data does not choose where this
+    script reads or writes: a line that names an absolute path, or a relative one that leaves the raw folder
+    (``../``), is refused, naming the file and the line."""
+    names = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        parts = os.path.normpath(name.replace('\\', '/')).split('/')
+        if os.path.isabs(name) or name.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', name) or parts[0] == '..':
+            raise PrepareError(f'{list_name} (in {raw}), line {number}: {name!r} is outside the raw folder: a trials '
+                               f'file names recordings inside it (e.g. user01_fluorescent.aedat). Fix or remove that '
+                               f'line; ROOT/events_np was not written.')
+        names.append(name)
+    return names
+
+
 def _gesture_jobs(raw, out):
     src = _open_gesture_raw(raw)
     trials = {}
     for split in ('train', 'test'):
-        names = [ln.strip() for ln in src.text(f'trials_to_{split}.txt').splitlines() if ln.strip()]
-        for name in names:
+        for name in trial_names(src.text(f'trials_to_{split}.txt'), f'trials_to_{split}.txt', raw):
             trials[name] = split
     for split in ('train', 'test'):
         for label in range(GESTURE_CLASSES):
@@ -192,8 +210,8 @@ def _gesture_jobs(raw, out):
 
     def jobs():
         for name, shown, read in src.recordings(list(trials)):
-            stem = os.path.splitext(name)[0]
-            csv_name = stem + '_labels.csv'
+            csv_name = os.path.splitext(name)[0] + '_labels.csv'  # beside the recording
+            stem = os.path.splitext(os.path.basename(name))[0]  # samples go into out/<split>/<label>/ only
             csv_text = src.text(csv_name)
             yield shown, (lambda read=read, csv_text=csv_text, stem=stem, split=trials[name], shown=shown,
                           csv_name=csv_name: split_gesture_recording(
@@ -376,8 +394,10 @@ def prepare(dataset, raw, root, workers=None, force=False, progress=True):
     if dataset == 'dvs128-gesture':
         meta['train_samples'] = _count_npz(os.path.join(final, 'train'))
         meta['test_samples'] = _count_npz(os.path.join(final, 'test'))
-    with open(os.path.join(root, META), 'w') as f:
-        json.dump(meta, f, indent=1)
+    def write_meta(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(meta, f, indent=1)
+    replace_atomically(os.path.join(root, META), write_meta)  # whole or absent, never through a link
     split = (f' (train {meta["train_samples"]}, test {meta["test_samples"]})' if 'train_samples' in meta else '')
     print(f'{dataset}: {total} recordings -> {n_samples} samples{split}, {n_events} events in {seconds:.1f} s '
           f'({n_events / max(seconds, 1e-9) / 1e6:.2f} M events/s) under {final}')
@@ -534,6 +554,8 @@ def main(argv=None):
     ap.add_argument('--force', action='store_true', help='rebuild ROOT/events_np even if it exists')
     ap.add_argument('--no-progress', action='store_true')
     args = ap.parse_args(argv)
+    args.raw = os.path.expanduser(args.raw)  # also in --raw=~/... and quoted paths, which the shell leaves as they are
+    args.root = os.path.expanduser(args.root) if args.root is not None else None
     try:
         if args.synthetic:
             write_synthetic(args.dataset, args.raw, args.per_class, args.seed)

@@ -160,7 +160,10 @@ def test_kill_at_any_step_then_resume_equals_the_uninterrupted_run(runs, tmp_pat
         assert 'model_best.pth.tar repaired' in log
     if kill in ('last written, not yet renamed', 'best linked, not yet renamed'):
         assert 'removed temporary files' in log
-    assert log.rstrip().splitlines()[-1].endswith('(summary.csv, model_best.pth.tar, last.pth.tar)')
+    if kill == 'final last renamed':  # the run was complete: the resume says so and touches nothing (test_finished_run)
+        assert 'done:' not in log
+    else:
+        assert log.rstrip().splitlines()[-1].endswith('(summary.csv, model_best.pth.tar, last.pth.tar)')
 
 
 def test_a_stale_best_is_repaired_or_reported(runs, tmp_path):

@@ -160,7 +160,8 @@ SCHEMA = {
     'device': _k('auto', str, 'auto = CUDA when available', choices=('auto', 'cpu', 'cuda')),
     'threads': _k(None, int, 'CPU threads per process (torch.set_num_threads); null = PyTorch\'s default',
                   nullable=True, bounds=ONE_OR_MORE),
-    'output': _k(None, str, 'run folder; null = output/<train|test>/<time>-<dataset>-<model>', nullable=True),
+    'output': _k(None, str, 'run folder; null = a new output/<train|test>/<time>-<dataset>-<model>-<suffix>',
+                 nullable=True),
     'resume': _k(None, str, 'continue training from this checkpoint (last.pth.tar of a run)', nullable=True),
     'initial_checkpoint': _k(None, str, 'start a new run from this checkpoint\'s weights (fine-tuning; the head is '
                              're-initialised when the class count differs)', nullable=True),
@@ -190,6 +191,12 @@ for _name in MAY_CHANGE_ON_RESUME:
     SCHEMA[_name] = dataclasses.replace(SCHEMA[_name], may_change_on_resume=True)
 # The keys of one invocation rather than of the run: never taken from the config a checkpoint records.
 INVOCATION_KEYS = ('output', 'resume', 'checkpoint', 'use_ema', 'trust_checkpoint', 'local_rank')
+# The keys that name files or folders: a leading `~` is expanded wherever the value comes from (a quoted path, a
+# `--key=~/x` or a YAML file, which no shell expands).
+PATH_KEYS = ('data_dir', 'output', 'resume', 'initial_checkpoint', 'checkpoint')
+# Recorded keys that a checkpoint does not pass on to an evaluation (test.py, the report scripts): whether to download
+# is the command line's choice there, never the training run's (see config_from_checkpoint).
+TRAINING_ONLY_KEYS = ('dataset_download',)
 ALIASES = {'T': 'time_steps'}
 # The keys an evaluation reads (test.py, scripts/energy_report.py, scripts/spike_report.py: utils.main.test_main and
 # energy.cli.prepare_report): the checkpoint, the architecture, the evaluation data and loader, precision, device
@@ -327,7 +334,7 @@ def parse_cli(argv: Sequence[str], schema: Mapping[str, Key], help_keys: Optiona
         if name == 'config':
             if len(values) != 1:
                 raise ConfigError('--config expects one path')
-            config_path = values[0]
+            config_path = os.path.expanduser(values[0])  # as PATH_KEYS
             continue
         negated = name.startswith('no_') and name not in schema and schema.get(name[3:], Key(0, int)).kind is bool
         if negated:
@@ -416,6 +423,7 @@ def load_config(argv: Optional[Sequence[str]] = None, default_config: Optional[s
         values.update(updates)
         origins.update(dict.fromkeys(updates, where))
     check_values(values, schema, origins)
+    values.update({k: os.path.expanduser(values[k]) for k in PATH_KEYS if isinstance(values.get(k), str)})
     return Config(values, source, command_line=overrides)
 
 
@@ -431,17 +439,20 @@ def recorded_config(checkpoint) -> Optional[dict]:
     return args if isinstance(args, dict) else None
 
 
-def config_from_checkpoint(argv: Sequence[str], checkpoint, extra_keys: Optional[Mapping[str, Any]] = None
-                           ) -> Optional[Config]:
+def config_from_checkpoint(argv: Sequence[str], checkpoint, extra_keys: Optional[Mapping[str, Any]] = None,
+                           evaluation: bool = False) -> Optional[Config]:
     """A checkpoint written by ``train.py`` brings its own config: unless the command line names a ``--config``, the
     config the checkpoint records (less its :data:`INVOCATION_KEYS`) stands in for the YAML file, and the command
     line overrides it. None when ``argv`` has ``--config`` or the checkpoint records no config of this project;
-    the caller's config then stands. Used by ``test.py``, ``--resume`` and the report scripts alike."""
+    the caller's config then stands. Used by ``test.py``, ``--resume`` and the report scripts alike; ``evaluation``
+    (``test.py`` and the reports) also leaves out :data:`TRAINING_ONLY_KEYS`, so a checkpoint never makes an evaluation
+    download (the recorded ``data_dir`` is only read: a missing one is an error naming ``--data-dir``)."""
     recorded = recorded_config(checkpoint)
     if recorded is None or has_config_option(argv):
         return None
+    dropped = INVOCATION_KEYS + (TRAINING_ONLY_KEYS if evaluation else ())
     return load_config(argv, None, extra_keys=extra_keys,
-                       base={k: v for k, v in recorded.items() if k not in INVOCATION_KEYS})
+                       base={k: v for k, v in recorded.items() if k not in dropped})
 
 
 def _fix_hint(name: str, origin: str, rule: str) -> str:

@@ -25,6 +25,7 @@ from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .atomic import replace_atomically
 from .config import Config, mixing_on
 from .data_checks import check_batches, check_datasets
 from .errors import DataError
@@ -265,12 +266,18 @@ def set_mixup_epoch(mixup_fn, cfg: Config, epoch: int) -> None:
         mixup_fn.mixup_enabled = cfg.mixup_off_epoch is None or epoch < cfg.mixup_off_epoch
 
 
+def _write_text(path: str, text: str) -> None:
+    with open(path, 'w') as f:
+        f.write(text)
+
+
 def write_sample_files(output: str, train_ds, eval_ds) -> None:
-    """Write ``train_files.txt`` / ``test_files.txt`` (one sample a line) for data sets with ``sample_files``."""
+    """Write ``train_files.txt`` / ``test_files.txt`` (one sample a line) for data sets with ``sample_files``,
+    atomically (``utils.atomic``: never through a link to another file)."""
     for ds, name in ((train_ds, 'train_files.txt'), (eval_ds, 'test_files.txt')):
         if getattr(ds, 'sample_files', None) is not None:
-            with open(os.path.join(output, name), 'w') as f:
-                f.writelines(f'{p}\n' for p in ds.sample_files)
+            lines = ''.join(f'{p}\n' for p in ds.sample_files)
+            replace_atomically(os.path.join(output, name), lambda tmp, lines=lines: _write_text(tmp, lines))
 
 
 def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: int = 1, device=None):

@@ -1,8 +1,9 @@
 """The two entry points every data set's ``train.py`` and ``test.py`` call: :func:`train_main`, :func:`test_main`.
 
-Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>``; on ``--resume`` the resumed run's
-folder): ``args.yaml`` (the resolved config), ``run.json`` (how each start was made: command, git commit, versions,
-host; ``utils.provenance``), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
+Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>-<suffix>``, unique: :func:`default_output`;
+on ``--resume`` the resumed run's folder; claimed by rank 0 for the run's life: ``utils.run_claim``): ``args.yaml``
+(the resolved config), ``run.json`` (how each start was made: command, git commit, versions, host;
+``utils.provenance``), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
 start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
@@ -26,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
-from .atomic import replace_atomically
+from .atomic import append_text, replace_atomically
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
@@ -37,10 +38,13 @@ from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
 from .factory import architecture_label, architecture_overrides, build_model, override_note, run_name
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
+from .finished_run import finished_message, needs_repair
 from .progress import RunClock, format_duration
 from .provenance import file_sha256, record_run_start, run_provenance
+from .run_claim import make_default_folder, release_claims, timestamp, unique_suffix
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
-                         check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
+                         check_same_recipe, checkpoint_size_estimate, claim_fresh_output, claim_resumed_output,
+                         open_resume, save_run_config, start_folder)
 
 SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
 EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
@@ -81,6 +85,11 @@ def build_optimizer(model_or_params, cfg: Config):
                                eps=cfg.opt_eps)
 
 
+def schedule_length(cfg: Config) -> int:
+    """Epochs of the config's schedule, cooldown included, as timm counts them (built on a dummy parameter)."""
+    return build_schedule(build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg), cfg)[1]
+
+
 def build_schedule(optimizer, cfg: Config) -> tuple:
     """``(scheduler, epochs including the cooldown)``: timm's schedule of the config, stepped once per epoch."""
     return create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, cooldown_epochs=cfg.cooldown_epochs,
@@ -106,8 +115,11 @@ def check_optimizer_and_schedule(cfg: Config) -> None:
 
 
 def default_output(cfg: Config, kind: str) -> str:
-    name = run_name(cfg.model, architecture_overrides(cfg))  # the architecture that runs, not only the variant's
-    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{name}')
+    """``output/<kind>/<time to the ms>-<dataset>-<architecture>-<SLURM job, if any>-<random>``: two runs started at
+    the same instant, or two tasks of a SLURM array, get different names (``utils.run_claim``); the architecture is
+    the one that runs, not only the variant's (``utils.factory.run_name``)."""
+    name = run_name(cfg.model, architecture_overrides(cfg))
+    return os.path.join('output', kind, f'{timestamp()}-{cfg.dataset}-{name}-{unique_suffix()}')
 
 
 class RunLog:
@@ -132,8 +144,7 @@ class RunLog:
         if self.copying:
             path = os.path.join(self.output, 'log.txt')
             try:
-                with open(path, 'a') as f:
-                    f.write(message + '\n')
+                append_text(path, message + '\n')  # never through a link (utils.atomic)
             except OSError as e:
                 self.copying = False
                 print(f'warning: cannot append to {path} ({e.strerror or e}; {free_space_text(path)}): the console '
@@ -193,6 +204,7 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
                           resumed_from=resume.path if resume is not None else None)
         return _train(cfg, info, resume, provenance)
     finally:
+        release_claims()  # the run folder's claim (utils.run_claim), taken by rank 0
         cleanup_distributed()
 
 
@@ -207,17 +219,33 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         if cfg.amp and cfg.amp_dtype == 'auto':  # recorded as what ran: a resume elsewhere keeps it (or is refused)
             cfg.amp_dtype = _dtype_name(amp_dtype)
         check_optimizer_and_schedule(cfg)
+        finished = None
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
             batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
             initial_checkpoint = None
-            if info.is_main:
-                check_output_location(cfg.output)
+            finished = finished_message(cfg, resume.progress, schedule_length(cfg))
+            if finished is not None and needs_repair(cfg.output, resume.progress):
+                finished = None  # complete, but cut in its last save: the start repairs it and trains no epoch
+            if info.is_main and finished is None:  # a complete run needs no writable folder: it writes nothing
+                check_output_location(cfg.output, resume=True)
+                claim_resumed_output(cfg)  # held until the run ends: a second start is refused
         else:
             initial_checkpoint = initial_checkpoint_to_load(cfg)
-            cfg.output = cfg.output or default_output(cfg, 'train')
             if info.is_main:
-                check_fresh_output(cfg.output)
+                made = cfg.output is None
+                if made:  # a new folder of a unique name, made exclusively (utils.run_claim)
+                    cfg.output = make_default_folder(lambda: default_output(cfg, 'train'))
+                else:
+                    check_fresh_output(cfg.output)
+                claim_fresh_output(cfg.output, made)  # held until the run ends: a second start is refused
+            else:
+                cfg.output = cfg.output or default_output(cfg, 'train')  # only rank 0 writes into it
+    if finished is not None:  # a complete run: said, and nothing touched (utils.finished_run)
+        if info.is_main:
+            print(finished, flush=True)
+        return dict(best_top1=resume.progress.get('best_metric'), best_epoch=resume.progress.get('best_epoch'),
+                    output=cfg.output)
 
     if cfg.dataset_download and info.distributed:  # one process downloads, the others wait for it
         with fail_together(info):
@@ -320,6 +348,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
                                         scaler, ema, info.world, provenance)
                 save_run_checkpoint(cfg.output, state, is_best)
+                if resume is not None and epoch == start_epoch:  # the config the checkpoints now train with
+                    save_run_config(cfg)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         clock.end_epoch(train['seconds'])
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
@@ -369,7 +399,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
     checkpoint = read_checkpoint(cfg.checkpoint, trust=cfg.trust_checkpoint)
-    cfg = config_from_checkpoint(argv, checkpoint) or cfg
+    cfg = config_from_checkpoint(argv, checkpoint, evaluation=True) or cfg
     device = select_device(cfg)
     resolve_data_config(cfg)
     amp_dtype, _ = amp_setup(cfg, device)

@@ -14,9 +14,14 @@ What a start checks before it writes anything (rank 0 checks the folder; every r
 * the disk has room for three checkpoints (last, best, and the next last while it is written), estimated from the
   model's state, the optimizer's state and the EMA copy.
 
+Before it writes, rank 0 claims the folder for the run's life (``utils.run_claim``): a folder that a running process
+holds is refused, naming it. A resume of a run that has trained its whole schedule ends at once
+(``utils.finished_run``).
+
 Then (rank 0): the folder is created, temporary files left by a killed process are removed, ``model_best.pth.tar``
 is repaired when a kill fell between writing ``last.pth.tar`` and linking it (see ``utils.checkpoint``), and
-``args.yaml`` is written.
+``args.yaml`` is written (on resume: once the first new checkpoint is saved, so it never names a recipe that the
+checkpoints did not train with).
 """
 import os
 import re
@@ -32,6 +37,7 @@ from .config import (INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, Conf
                      convert, recorded_config, save_config)
 from .errors import UserError, size_text, writing
 from .factory import architecture_label, architecture_overrides
+from .run_claim import LOCK_NAME, FolderInUse, claim_folder, is_claimed
 
 # Temporary files of an atomic write (``utils.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>`` and
 # ``<name>.tmp``): garbage once their writer is gone.
@@ -47,9 +53,13 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def check_output_location(path: str, option: str = '--output') -> None:
+def check_output_location(path: str, option: str = '--output', resume: bool = False) -> None:
     """``path`` is a folder, or can be created as one, and can be written (tested with a probe file, which also
-    catches read-only file systems and works for root, unlike permission bits)."""
+    catches read-only file systems and works for root, unlike permission bits). ``resume``: ``path`` is a resumed
+    run's folder, which cannot be moved with an option: the advice is to copy it."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f'{option} {path} is a symbolic link to {os.readlink(path)}, which does not exist: create '
+                        f'that folder first, remove the link, or choose another {option}.')
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f'{option} {path} is a file, not a folder: choose a folder name (new or empty).')
     parent = _existing_ancestor(path)
@@ -60,6 +70,11 @@ def check_output_location(path: str, option: str = '--output') -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
+        if resume:
+            raise UserError(f'the run folder {path} cannot be written ({parent}: {e.strerror or e}), so the run '
+                            f'cannot continue there.\nCopy the folder to a writable disk and resume the copy: cp -r '
+                            f'{path} NEW_FOLDER, then --resume NEW_FOLDER/{LAST} (a resumed run continues in the '
+                            f'folder of its checkpoint).') from None
         raise UserError(f'{option} {path} cannot be written ({parent}: {e.strerror or e}): choose a folder on a '
                         f'writable disk with {option}.') from None
 
@@ -67,7 +82,15 @@ def check_output_location(path: str, option: str = '--output') -> None:
 def check_fresh_output(path: str) -> None:
     """A new run writes only into a new or empty folder."""
     check_output_location(path)
-    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    holder = is_claimed(path)
+    if holder is not None:
+        raise FolderInUse(_in_use(path, holder))
+    _check_empty(path)
+
+
+def _check_empty(path: str) -> None:
+    # the claim's lock file alone is no run (a start that was killed before it wrote anything)
+    entries = sorted(e for e in os.listdir(path) if e != LOCK_NAME) if os.path.isdir(path) else []
     if not entries:
         return
     shown = ', '.join(entries[:6]) + (f', ... ({len(entries)} entries)' if len(entries) > 6 else '')
@@ -79,6 +102,34 @@ def check_fresh_output(path: str) -> None:
                   'another --output (or leave it unset for a new timestamped folder).')
     raise UserError(f'--output {path} is not empty ({shown}): a run folder belongs to one run, so a new run does '
                     f'not write into it.\n{advice}')
+
+
+def _in_use(path: str, holder: str) -> str:
+    return (f'--output {path} is in use by another run: {holder}.\nA run folder belongs to one run: choose another '
+            f'--output (or leave it unset for a new folder of its own).')
+
+
+def claim_fresh_output(path: str, made: bool = False) -> None:
+    """Claim the folder of a new run (``utils.run_claim``; ``made``: it was just created for this run), then check
+    again, under the claim, that it is empty: of two runs started at once into one folder, one is refused."""
+    claim_folder(path, lambda holder: _in_use(path, holder), created=made)
+    _check_empty(path)
+
+
+def claim_resumed_output(cfg: Config) -> None:
+    """Claim a resumed run's folder: a resume of a run that is still running is refused, naming its process."""
+    claim_folder(cfg.output, lambda holder: f'cannot resume {cfg.resume}: the run is still running in {cfg.output} '
+                                            f'({holder}).\nWait for it to end, or stop it (kill its process; '
+                                            f'then this command continues it from its last epoch).', create=False)
+
+
+def save_run_config(cfg: Config) -> None:
+    """Write the run's ``args.yaml`` (atomically; ``resume: null``, see :func:`start_folder`)."""
+    path = os.path.join(cfg.output, 'args.yaml')
+    with writing(path, 'The run has not started.' if cfg.resume is None else
+                 'The checkpoints are written; the next start writes it again.'):
+        save_config(Config({**cfg.to_dict(), 'resume': None}), path, header=f'architecture that runs: '
+                    f'{architecture_label(cfg.model, architecture_overrides(cfg))}')
 
 
 def resume_folder(cfg: Config) -> str:
@@ -123,6 +174,9 @@ def open_resume(cfg: Config, argv: Sequence[str]) -> tuple:
     with. Without ``--config`` the recorded config is the base (command-line keys override it), so ``--resume PATH``
     alone continues the run as it was configured; the output folder is the checkpoint's (:func:`resume_folder`)."""
     path = cfg.resume
+    if os.path.isdir(path):
+        raise CheckpointError(f'--resume {path} is a folder, not a checkpoint file: resume from its {LAST}, e.g. '
+                              f'--resume {os.path.join(path, LAST)}')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint to resume from not found: {path}\nPass the last.pth.tar of a run folder '
                               f'(relative paths start in the current directory: {os.getcwd()}).')
@@ -260,6 +314,11 @@ def check_free_space(folder: str, checkpoint_bytes: int) -> None:
                         f'--output on another disk.')
 
 
+def leftover_temporaries(folder: str) -> list:
+    """The names of temporary files of atomic writes in ``folder`` (left by a killed process)."""
+    return sorted(n for n in os.listdir(folder) if _TEMPORARY.match(n)) if os.path.isdir(folder) else []
+
+
 def remove_temporaries(folder: str) -> list:
     """Delete the temporary files of atomic writes that a killed process left behind; returns their names."""
     names = sorted(n for n in os.listdir(folder) if _TEMPORARY.match(n)) if os.path.isdir(folder) else []
@@ -324,8 +383,6 @@ def start_folder(cfg: Config, resume: Optional[Resume]) -> list:
                 note = repair_best(folder, resume.progress)
             if note:
                 notes.append(note)
-    path = os.path.join(folder, 'args.yaml')
-    with writing(path, 'The run has not started.'):
-        save_config(Config({**cfg.to_dict(), 'resume': None}), path, header=f'architecture that runs: '
-                    f'{architecture_label(cfg.model, architecture_overrides(cfg))}')
+    if resume is None:  # a resumed run's args.yaml follows its first new checkpoint (utils.main)
+        save_run_config(cfg)
     return notes
