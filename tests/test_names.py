@@ -1,6 +1,7 @@
 """Honest names: when config keys override a registered variant's architecture, the start line, the run folder's
 default name and ``args.yaml`` name the architecture that runs, and the start says where the override came from."""
 import os
+import re
 
 import pytest
 
@@ -57,7 +58,8 @@ def test_a_run_under_overrides_is_named_for_what_runs(tmp_path, monkeypatch):
                          '--limit-eval-batches', '1', '--num-heads', '4'])
     folder = result['output']
     assert os.path.dirname(folder) == os.path.join('output', 'train')
-    assert folder.endswith('-digits-spikingformer_cifar_4_256-depths1-embed_dims32-num_heads4-T2')
+    # <time>-<dataset>-<architecture that runs>-<unique suffix> (utils.run_claim)
+    assert re.search(r'-digits-spikingformer_cifar_4_256-depths1-embed_dims32-num_heads4-T2-[0-9a-f]{4}$', folder)
     label = 'spikingformer_cifar_4_256 (overridden: depths 1, embed_dims 32, num_heads 4, T 2)'
     args = open(os.path.join(folder, 'args.yaml')).read()
     assert args.splitlines()[0] == f'# architecture that runs: {label}'
