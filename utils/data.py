@@ -127,8 +127,7 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
     paths = [os.path.join(root, folder, f) for f in (train_files if train else test_files)]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing and download:
-        import torchvision
-        getattr(torchvision.datasets, name.upper())(root, train=train, download=True)
+        _download_cifar(name, root, train)
         missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise DataError(f'{CIFAR_NAMES[name]} not found: {missing[0]} does not exist.\nPoint --data-dir at the folder '
@@ -144,6 +143,35 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
             raise DataError(f'cannot read {path}: {e}\nDelete {os.path.join(root, folder)} and download it again '
                             f'(--dataset-download).') from None
     return ArrayImages(np.concatenate(images).transpose(0, 2, 3, 1), targets)
+
+
+def _download_cifar(name: str, root: str, train: bool) -> None:
+    """torchvision's download of CIFAR into ``root``; a failure (no network, a proxy, a bad checksum) is a
+    :class:`DataError` naming the URL and the offline fix, and leaves no partial archive or folder behind."""
+    import torchvision
+    dataset = getattr(torchvision.datasets, name.upper())
+    created, path = [], os.path.abspath(root)  # the folders the download would create (deepest first)
+    while not os.path.exists(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    try:
+        dataset(root, train=train, download=True)
+    except (OSError, RuntimeError, ValueError) as e:  # urllib's URLError is an OSError; a bad checksum RuntimeError
+        archive = os.path.join(root, dataset.filename)
+        if os.path.isfile(archive) and not _archive_complete(archive, dataset.tgz_md5):
+            os.remove(archive)
+        for folder in created:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        reason = ' '.join(str(getattr(e, 'reason', None) or e).split())[:200] or type(e).__name__
+        raise DataError(f'cannot download {CIFAR_NAMES[name]} from {dataset.url} ({reason}).\nFix: check the network '
+                        f'(or proxy), or download that file on another machine, extract it into {root} (it holds '
+                        f'{CIFAR_FILES[name][0]}/) and run without --dataset-download.') from None
+
+
+def _archive_complete(path: str, md5: str) -> bool:
+    from torchvision.datasets.utils import check_integrity
+    return check_integrity(path, md5)
 
 
 def digits(train: bool, size: int = 32) -> ArrayImages:

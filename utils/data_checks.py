@@ -10,6 +10,9 @@
   between train and val.
 - The training set fills at least one batch per process (the training loader drops the incomplete last batch, so
   an epoch would train on nothing), and the evaluation set is not empty.
+- ``grad_accum_steps`` is at most the batches of an epoch (or ``limit_train_batches``): a larger value makes one
+  optimizer step per epoch, of fewer images than the global batch the run states (the engine steps on the last,
+  partial group, as timm).
 
 Every failure is a :class:`~utils.errors.DataError` naming the folders or numbers involved and the fix.
 """
@@ -97,9 +100,25 @@ def check_batches(cfg, train_ds, world: int = 1) -> None:
     """At least one full training batch per process (the training loader drops the incomplete last batch)."""
     per_process = math.ceil(len(train_ds) / world)
     if per_process >= cfg.batch_size:
+        check_accumulation(cfg, per_process // cfg.batch_size, world)
         return
     fit = per_process - (per_process % 2 if mixing_on(cfg) else 0)  # batch mixup needs an even batch
     fix = f'--batch-size {fit} or less' if fit >= 1 else 'more training data'
     raise DataError(f'the training set of {cfg.data_dir} has {len(train_ds)} samples ({per_process} per process on '
                     f'{world}), fewer than one batch of batch_size {cfg.batch_size}: the loader drops the incomplete '
                     f'last batch, so an epoch would train on nothing.\nFix: {fix}.')
+
+
+def check_accumulation(cfg, batches: int, world: int = 1) -> None:
+    """``grad_accum_steps`` at most the ``batches`` each process trains per epoch (after ``limit_train_batches``)."""
+    limit = getattr(cfg, 'limit_train_batches', None)
+    per_epoch = min(batches, limit) if limit is not None else batches
+    if cfg.grad_accum_steps <= per_epoch:
+        return
+    limited = f' (limit_train_batches {limit})' if limit is not None and limit < batches else ''
+    images = per_epoch * cfg.batch_size * world
+    raise DataError(f'grad_accum_steps is {cfg.grad_accum_steps}, but each process trains only {per_epoch} batch(es) '
+                    f'per epoch{limited}: every epoch would make one optimizer step of {images} images, not the global batch of {cfg.batch_size} x {world} x {cfg.grad_accum_steps} = '
+                    f'{cfg.batch_size * world * cfg.grad_accum_steps} that the recipe states.\nFix: --grad-accum-steps '
+                    f'{per_epoch} or less{", or a larger --limit-train-batches" if limited else ""} (or more training '
+                    f'data).')

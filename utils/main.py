@@ -34,8 +34,9 @@ from .distributed import (DistInfo, cleanup_distributed, fail_together, init_dis
                           sync_bn_stats)
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
-from .factory import build_model
+from .factory import build_model, check_model
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
+from .input_checks import check_augment_policy
 from .progress import RunClock, format_duration
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
@@ -202,6 +203,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         if cfg.amp and cfg.amp_dtype == 'auto':  # recorded as what ran: a resume elsewhere keeps it (or is refused)
             cfg.amp_dtype = _dtype_name(amp_dtype)
         check_optimizer_and_schedule(cfg)
+        check_model(cfg)  # the name and the input layout, before any data is read or folder written
+        check_augment_policy(cfg)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
             batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
