@@ -21,13 +21,14 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
+from timm.data import FastCollateMixup, Mixup, create_loader
 from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .config import Config, mixing_on
 from .data_checks import check_batches, check_datasets
 from .errors import DataError
+from .image_files import ImageFiles
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -195,7 +196,7 @@ def image_folder(root: str, split: str):
         raise DataError(f'ImageNet {split} folder not found: {path}\nPoint --data-dir at the folder that holds '
                         f'train/ and val/, each with one sub-folder of images per class.')
     try:
-        return create_dataset('', root=path, split=split, search_split=False)
+        return ImageFiles(path)  # timm's ImageDataset, with 16-bit images scaled (utils.image_files)
     except RuntimeError as e:  # e.g. a folder without images
         raise DataError(f'cannot read the images under {path}: {e}') from None
 

@@ -8,6 +8,7 @@
   have the same class folders. timm numbers the classes from the leaf folders *that hold images*, in sorted
   order, separately per split, so an empty folder (or one missing in a split) silently shifts every later label
   between train and val.
+- The first sample of each split can be read (:func:`read_first_sample`).
 - The training set fills at least one batch per process (the training loader drops the incomplete last batch, so
   an epoch would train on nothing), and the evaluation set is not empty.
 - ``grad_accum_steps`` is at most the batches of an epoch (or ``limit_train_batches``): a larger value makes one
@@ -36,6 +37,18 @@ def image_folder_classes(split_dir: str, dataset) -> list:
     classes = list(dataset.reader.class_to_idx)
     folders = {d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))}
     empty = folders - set(classes)
+    unreadable = {}
+    for name in sorted(empty):  # timm's walk skips a folder it cannot list: say so, not that it is empty
+        try:
+            with os.scandir(os.path.join(split_dir, name)):
+                pass
+        except OSError as e:
+            unreadable[name] = e.strerror or type(e).__name__
+    if unreadable:
+        reasons = sorted(set(unreadable.values()))
+        raise DataError(f'{len(unreadable)} class folder(s) under {split_dir} cannot be read ({", ".join(reasons)}): '
+                        f'{_listed(unreadable)}.\nFix: give the user running this read and execute permission on '
+                        f'them (e.g. chmod -R a+rX {split_dir}), or check the mount.')
     if empty:
         raise DataError(f'{len(empty)} class folder(s) under {split_dir} hold no images: {_listed(empty)}.\n'
                         f'timm numbers the classes from the folders that hold images, so an empty folder shifts the '
@@ -94,6 +107,19 @@ def check_datasets(cfg, train_ds, eval_ds) -> None:
                         f'the config (or checkpoint) is for.')
     if eval_ds is not None and len(eval_ds) == 0:
         raise DataError(f'the evaluation split of {cfg.data_dir} has no samples.\nFix: check --data-dir.')
+    for ds in datasets:
+        read_first_sample(ds)
+
+
+def read_first_sample(ds) -> None:
+    """Read the first sample of ``ds`` once, so that a split whose files cannot be read (all images damaged, a frame
+    cache of the wrong shape) is refused with the reader's own message (a ``DataError``) before a run folder is
+    written or a report pass starts, not at the first batch. The random generators are left as they were (a DVS
+    split's augmentation draws from torch's)."""
+    import torch  # late: this module stays light for utils.config's users
+    if len(ds):
+        with torch.random.fork_rng(devices=[]):
+            ds[0]
 
 
 def check_batches(cfg, train_ds, world: int = 1) -> None:
