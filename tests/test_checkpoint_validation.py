@@ -58,8 +58,8 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(trained, tmp_path, cap
     _every_reader_refuses(capsys, trained, tmp_path, path, name, '2 of', 'NaN/Inf', 'diverged')
     # the library call too, and EMA weights are checked like the others
     with pytest.raises(models.CheckpointError, match='state_dict_ema.head.weight'):
-        models.check_checkpoint({'state_dict': state, 'state_dict_ema': {'head.weight': torch.full((2,), -float('inf'))}},
-                                'x.pth')
+        ema = {'head.weight': torch.full((2,), float('-inf'))}
+        models.check_checkpoint({'state_dict': state, 'state_dict_ema': ema}, 'x.pth')
 
 
 @pytest.mark.parametrize('field, value', [('epoch', '0'), ('world_size', 0), ('best_epoch', -1),

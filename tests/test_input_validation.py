@@ -51,7 +51,8 @@ def test_a_non_utf8_config_file(tmp_path, capsys):
 @pytest.mark.parametrize('model, words', [
     ('resnet18', ('a timm model', 'spikingformer_cifar_4_384')),
     ('spikingformer_cifar_4_385', ("unknown model 'spikingformer_cifar_4_385'", 'spikingformer_cifar_4_384')),
-    ('spikingformer_dvs_2_256', ('event frames with 2 channels', 'images with 3 channels', 'spikingformer_cifar_4_384'))])
+    ('spikingformer_dvs_2_256', ('event frames with 2 channels', 'images with 3 channels',
+                                 'spikingformer_cifar_4_384'))])
 def test_models_this_project_cannot_train_on_the_data_are_refused_before_the_run_folder(cifar, tmp_path, capsys,
                                                                                           model, words):
     out = tmp_path / 'run'

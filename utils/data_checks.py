@@ -144,7 +144,8 @@ def check_accumulation(cfg, batches: int, world: int = 1) -> None:
     limited = f' (limit_train_batches {limit})' if limit is not None and limit < batches else ''
     images = per_epoch * cfg.batch_size * world
     raise DataError(f'grad_accum_steps is {cfg.grad_accum_steps}, but each process trains only {per_epoch} batch(es) '
-                    f'per epoch{limited}: every epoch would make one optimizer step of {images} images, not the global batch of {cfg.batch_size} x {world} x {cfg.grad_accum_steps} = '
+                    f'per epoch{limited}: every epoch would make one optimizer step of {images} images, not the '
+                    f'global batch of {cfg.batch_size} x {world} x {cfg.grad_accum_steps} = '
                     f'{cfg.batch_size * world * cfg.grad_accum_steps} that the recipe states.\nFix: --grad-accum-steps '
                     f'{per_epoch} or less{", or a larger --limit-train-batches" if limited else ""} (or more training '
                     f'data).')

@@ -31,8 +31,8 @@ def to_rgb8(img: Image.Image, name: str = 'image') -> Image.Image:
         values = np.asarray(img, dtype=np.float64)
         if values.min() < 0 or values.max() > 65535:
             raise DataError(f'{name}: a {img.mode} image with values from {values.min():g} to {values.max():g}, '
-                            f'outside the 16-bit range 0..65535 that it is scaled from.\nFix: save it as an 8- or 16-bit '
-                            f'image.')
+                            f'outside the 16-bit range 0..65535 that it is scaled from.\nFix: save it as an 8- or '
+                            f'16-bit image.')
         grey = Image.fromarray(np.rint(values / 257).astype(np.uint8), mode='L')
         return grey.convert('RGB')
     if img.mode == 'F':
