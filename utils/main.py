@@ -31,7 +31,7 @@ from .config import Config, ConfigError, check_cross_keys, config_from_checkpoin
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
-                          sync_bn_stats)
+                          share_failure, sync_bn_stats)
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
 from .factory import build_model, check_model
@@ -188,6 +188,9 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     info = init_distributed(cfg)
     try:
         return _train(cfg, info, resume)
+    except Exception as e:  # one process failed mid-run: one message for the run (utils.distributed)
+        share_failure(info, e)
+        raise
     finally:
         cleanup_distributed()
 
