@@ -435,7 +435,8 @@ def _read_meta(root):
     except ValueError as e:  # not UTF-8 (UnicodeDecodeError), or not JSON
         meta = e
     if not isinstance(meta, dict):
-        why = f'not valid UTF-8 JSON ({meta})' if isinstance(meta, ValueError) else f'a {type(meta).__name__}, not a mapping'
+        why = f'not valid UTF-8 JSON ({meta})' if isinstance(meta, ValueError) else \
+            f'a {type(meta).__name__}, not a mapping'
         raise PrepareError(f'{path} is {why}: it is damaged. Prepare the root again with --force (it rewrites '
                            f'events_np and this file).')
     return meta
