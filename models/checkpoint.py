@@ -228,6 +228,11 @@ def checkpoint_filter_fn(checkpoint: Mapping, model: nn.Module, use_ema: bool = 
     disagree when the checkpoint belongs to another architecture.
     """
     state = renamed_state_dict(checkpoint, use_ema)
+    foreign = [f'{k} ({type(v).__name__})' for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if foreign:
+        raise CheckpointError(f'the weights hold {len(foreign)} entries that are not tensors: {", ".join(foreign[:5])}'
+                              f'{" ..." if len(foreign) > 5 else ""}; the file was not written by PyTorch\'s '
+                              f'state_dict(), or was edited.')
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -81,3 +81,12 @@ def test_a_recorded_config_of_the_wrong_types_is_refused(trained, tmp_path, caps
             repr(key), "the checkpoint's config")
     refused(capsys, train_main, ['--resume', str(path), '--epochs', '2'], repr(key), "the checkpoint's config")
     assert not (tmp_path / 'test').exists()
+
+
+def test_weights_that_are_not_tensors_are_refused(trained, tmp_path, capsys):
+    state = dict(trained['good']['state_dict'])
+    name = next(iter(state))
+    path = _run_copy(trained, tmp_path / 'run', state_dict={**state, name: 'edited'})
+    refused(capsys, evaluate_main, ['--checkpoint', str(path), '--output', str(tmp_path / 'test')],
+            f'{name} (str)', 'not tensors')
+    assert not (tmp_path / 'test').exists()

@@ -29,6 +29,9 @@ def test_a_yaml_key_given_twice_names_the_key_and_both_lines(tmp_path, capsys):
     nested = tmp_path / 'nested.yml'  # any mapping of the file, at any depth
     nested.write_text('dataset: cifar10\nmean: [0.5, 0.5, 0.5]\nstd: {a: 1, a: 2}\n')
     refused(capsys, train_main, ['--config', str(nested)], "'a' is given twice", 'line 3')
+    spellings = tmp_path / 'spellings.yml'  # two spellings of one key: different to YAML, one key to the schema
+    spellings.write_text('dataset: cifar10\nbatch-size: 8\nbatch_size: 16\n')
+    refused(capsys, train_main, ['--config', str(spellings)], "'batch_size' is given twice", "'batch-size'")
     assert not (tmp_path / 'run').exists()
 
 

@@ -393,6 +393,10 @@ def validate(data: Mapping, schema: Mapping[str, Key], where: str) -> dict:
         name = str(raw).replace('-', '_')
         if name not in schema:
             raise _unknown(str(raw), where, schema)
+        if name in values:  # e.g. batch-size and batch_size: two spellings of one key, which YAML cannot see
+            spellings = ', '.join(repr(str(k)) for k in data if str(k).replace('-', '_') == name)
+            raise ConfigError(f'config key {name!r} is given twice in {where} (as {spellings}); only one value can '
+                              f'count.\nFix: delete one of them.')
         try:
             values[name] = convert(name, schema[name], value)
         except ConfigError as e:  # say where the value came from (a YAML file, a checkpoint's recorded config)
