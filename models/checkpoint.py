@@ -95,7 +95,8 @@ def check_checkpoint(checkpoint: Any, path: str, weights: bool = True) -> None:
 
     - the run fields (``epoch``, ``best_epoch``, ``world_size``, ``metric``, ``best_metric``), where present, have
       their types and ranges (``epoch`` as a string, or ``world_size`` 0, would fail later with a traceback, or
-      silently change the global batch of a resume);
+      silently change the global batch of a resume), and ``state_dict``, ``state_dict_ema``, ``optimizer`` and
+      ``amp_scaler`` are mappings;
     - with ``weights``, every floating-point tensor is finite. Weights with NaN or Inf (saved from a diverged run, or
       damaged) load without complaint and then give a meaningless accuracy (NaN logits predict class 0) or a NaN
       loss that looks like a learning-rate problem.
@@ -115,6 +116,11 @@ def check_checkpoint(checkpoint: Any, path: str, weights: bool = True) -> None:
                 rule = f'an integer >= {least}' if kind is int else 'a number'
                 raise CheckpointError(f'checkpoint {path}: its field {name!r} is {value!r} ({type(value).__name__}), '
                                       f'but must be {rule}.\nThe file was not written by train.py, or was edited or '
+                                      f'damaged: use another checkpoint of the run.')
+        for name in ('state_dict', 'state_dict_ema', 'optimizer', 'amp_scaler'):  # state dicts, where present
+            if name in checkpoint and not isinstance(checkpoint[name], Mapping):
+                raise CheckpointError(f'checkpoint {path}: its field {name!r} is {checkpoint[name]!r:.60} (a '
+                                      f'{type(checkpoint[name]).__name__}), not a state dict.\nThe file was not written by train.py, or was edited or '
                                       f'damaged: use another checkpoint of the run.')
     if not weights:
         return

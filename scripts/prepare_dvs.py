@@ -91,6 +91,8 @@ def _parse_labels_csv(text, name):
         if start >= end:
             raise DecodeError(f'{name}: line {i}: the window {start} to {end} us is empty (start must be before end)')
         rows.append((cls - 1, start, end, i))
+    if not rows:  # the recording would silently add no sample to its split
+        raise DecodeError(f'{name} has no label rows (only a header, or empty): its recording would give no samples')
     _check_no_overlap(rows, name)
     return [row[:3] for row in rows]
 

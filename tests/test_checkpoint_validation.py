@@ -63,7 +63,7 @@ def test_nan_or_inf_weights_are_refused_naming_the_tensor(trained, tmp_path, cap
 
 
 @pytest.mark.parametrize('field, value', [('epoch', '0'), ('world_size', 0), ('best_epoch', -1),
-                                          ('best_metric', 'high')])
+                                          ('best_metric', 'high'), ('optimizer', 'adamw')])
 def test_run_fields_of_the_wrong_type_are_refused(trained, tmp_path, capsys, field, value):
     path = _run_copy(trained, tmp_path / 'run', **{field: value})
     for argv in (['--checkpoint', str(path), '--output', str(tmp_path / 'test')], ):

@@ -60,6 +60,12 @@ def test_an_empty_label_window_is_refused(gesture_raw, tmp_path, capsys):
     _prepare_refused(capsys, folder, tmp_path / 'root', 'user02_fluorescent_led_labels.csv', 'line 4', 'empty')
 
 
+def test_a_labels_file_without_rows_is_refused(gesture_raw, tmp_path, capsys):
+    folder = _copy(gesture_raw, tmp_path)
+    (folder / 'user01_fluorescent_labels.csv').write_text('class,startTime_usec,endTime_usec\n')
+    _prepare_refused(capsys, folder, tmp_path / 'root', 'user01_fluorescent_labels.csv has no label rows')
+
+
 def test_a_recording_in_both_trials_files_is_refused(gesture_raw, tmp_path, capsys):
     folder = _copy(gesture_raw, tmp_path)
     with open(folder / 'trials_to_test.txt', 'a') as f:

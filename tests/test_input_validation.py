@@ -2,6 +2,7 @@
 folder: a YAML key given twice, values of the wrong type (YAML and command line), models this project does not
 register or whose input layout does not fit the data set, --aa strings timm would reject or silently skip,
 --grad-accum-steps beyond the batches of an epoch, and --dataset-download without a network."""
+import pickle
 import urllib.error
 import urllib.request
 
@@ -101,3 +102,13 @@ def test_dataset_download_without_a_network(tmp_path, capsys, monkeypatch):
                                  '--output', str(out)] + TINY,
             'cannot download CIFAR-10', 'cifar-10-python.tar.gz', 'name resolution', 'without --dataset-download')
     assert not out.exists() and not (tmp_path / 'new').exists()  # nothing left behind
+
+
+def test_a_cifar_batch_with_more_labels_than_images(tmp_path, capsys):
+    data = write_cifar10(tmp_path / 'cifar')
+    batch = data / 'cifar-10-batches-py' / 'data_batch_2'
+    entry = pickle.loads(batch.read_bytes())
+    batch.write_bytes(pickle.dumps({**entry, 'labels': entry['labels'] + [1, 2, 3]}))
+    refused(capsys, train_main, _base(data) + ['--output', str(tmp_path / 'run')], str(batch),
+            'holds 16 images but 19 labels')
+    assert not (tmp_path / 'run').exists()

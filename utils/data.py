@@ -140,6 +140,8 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
                 entry = _CifarUnpickler(f, encoding='latin1').load()
             images.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
             targets.extend(entry[label_key])
+            if len(targets) != sum(len(x) for x in images):  # else an IndexError in the middle of an epoch
+                raise ValueError(f'it holds {len(images[-1])} images but {len(entry[label_key])} labels')
         except Exception as e:  # truncated or foreign file
             raise DataError(f'cannot read {path}: {e}\nDelete {os.path.join(root, folder)} and download it again '
                             f'(--dataset-download).') from None
