@@ -120,8 +120,9 @@ def check_checkpoint(checkpoint: Any, path: str, weights: bool = True) -> None:
         for name in ('state_dict', 'state_dict_ema', 'optimizer', 'amp_scaler'):  # state dicts, where present
             if name in checkpoint and not isinstance(checkpoint[name], Mapping):
                 raise CheckpointError(f'checkpoint {path}: its field {name!r} is {checkpoint[name]!r:.60} (a '
-                                      f'{type(checkpoint[name]).__name__}), not a state dict.\nThe file was not written by train.py, or was edited or '
-                                      f'damaged: use another checkpoint of the run.')
+                                      f'{type(checkpoint[name]).__name__}), not a state dict.\nThe file was not '
+                                      f'written by train.py, or was edited or damaged: use another checkpoint of the '
+                                      f'run.')
     if not weights:
         return
     bad = []
