@@ -13,6 +13,7 @@ Published checkpoints differ from this model's state dict in these ways, all han
   (``[out, in, 1]``) are reshaped to this model's 1x1 ``Conv2d`` (``[out, in, 1, 1]``): the same numbers.
 """
 import argparse
+import numbers
 import os
 import pickle
 import re
@@ -94,7 +95,83 @@ def folder_given(path: str) -> str:
     return f'{path} is a folder, not a checkpoint file.{shown}\nPass the file itself, e.g. {example}'
 
 
+_WEIGHT_KEYS = _STATE_KEYS + ('state_dict_ema',)
+# Fields of a run checkpoint with their allowed types and least value; anything else is a damaged or foreign file.
+_FIELDS = {'epoch': (int, 0), 'best_epoch': (int, 0), 'world_size': (int, 1), 'metric': (float, None),
+           'best_metric': (float, None)}
+
+
+def _weight_groups(checkpoint) -> dict:
+    """``{name: state dict}`` of every set of weights in ``checkpoint`` (a raw state dict is one group, '')."""
+    if not isinstance(checkpoint, Mapping):
+        return {}
+    groups = {k: checkpoint[k] for k in _WEIGHT_KEYS if isinstance(checkpoint.get(k), Mapping)}
+    return groups or {'': checkpoint}
+
+
+def check_checkpoint(checkpoint: Any, path: str, weights: bool = True) -> None:
+    """The checks every checkpoint read passes (:func:`read_checkpoint` calls this), so that a damaged or
+    diverged file is refused where it is read, with a :class:`CheckpointError` naming the field or tensor:
+
+    - the run fields (``epoch``, ``best_epoch``, ``world_size``, ``metric``, ``best_metric``), where present, have
+      their types and ranges (``epoch`` as a string, or ``world_size`` 0, would fail later with a traceback, or
+      silently change the global batch of a resume), and ``state_dict``, ``state_dict_ema``, ``optimizer`` and
+      ``amp_scaler`` are mappings;
+    - with ``weights``, every floating-point tensor is finite. Weights with NaN or Inf (saved from a diverged run, or
+      damaged) load without complaint and then give a meaningless accuracy (NaN logits predict class 0) or a NaN
+      loss that looks like a learning-rate problem.
+    """
+    if isinstance(checkpoint, Mapping):
+        for name, (kind, least) in _FIELDS.items():
+            value = checkpoint.get(name)
+            if value is None:
+                continue
+            number = numbers.Integral if kind is int else numbers.Real  # NumPy scalars included
+            ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, number)
+            if ok and kind is int:
+                ok = value >= least
+            if ok and kind is float:
+                ok = value == value or name == 'metric'  # NaN as the last epoch's metric is a fact, not damage
+            if not ok:
+                rule = f'an integer >= {least}' if kind is int else 'a number'
+                raise CheckpointError(f'checkpoint {path}: its field {name!r} is {value!r} ({type(value).__name__}), '
+                                      f'but must be {rule}.\nThe file was not written by train.py, or was edited or '
+                                      f'damaged: use another checkpoint of the run.')
+        for name in ('state_dict', 'state_dict_ema', 'optimizer', 'amp_scaler'):  # state dicts, where present
+            if name in checkpoint and not isinstance(checkpoint[name], Mapping):
+                raise CheckpointError(f'checkpoint {path}: its field {name!r} is {checkpoint[name]!r:.60} (a '
+                                      f'{type(checkpoint[name]).__name__}), not a state dict.\nThe file was not '
+                                      f'written by train.py, or was edited or damaged: use another checkpoint of the '
+                                      f'run.')
+    if not weights:
+        return
+    bad = []
+    for group, state in _weight_groups(checkpoint).items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+                finite = torch.isfinite(value)
+                if not bool(finite.all()):
+                    n_nan = int(torch.isnan(value).sum())
+                    kinds = '/'.join(w for w, n in (('NaN', n_nan), ('Inf', int((~finite).sum()) - n_nan)) if n)
+                    bad.append(f'{group + "." if group else ""}{key} ({int((~finite).sum())} of {value.numel()} '
+                               f'values {kinds})')
+    if bad:
+        more = f' ... and {len(bad) - 5} more' if len(bad) > 5 else ''
+        raise CheckpointError(f'checkpoint {path}: the weights hold NaN or infinite values, in {len(bad)} tensor(s): '
+                              f'{", ".join(bad[:5])}{more}.\nThey would give meaningless outputs: the checkpoint comes '
+                              f'from a run that diverged, or the file is damaged. Use an earlier checkpoint of the '
+                              f'run (or its model_best.pth.tar).')
+
+
 def read_checkpoint(path: str, trust: bool = False, mmap: bool = False) -> Any:
+    """:func:`load_checkpoint_file`, then :func:`check_checkpoint` (the weights too, unless ``mmap``: a mapped read
+    is a cheap look-up of ``epoch`` and the like)."""
+    checkpoint = load_checkpoint_file(path, trust=trust, mmap=mmap)
+    check_checkpoint(checkpoint, path, weights=not mmap)
+    return checkpoint
+
+
+def load_checkpoint_file(path: str, trust: bool = False, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, with the allow-list of :func:`_safe_globals`.
 
     A checkpoint that holds any other pickled object is refused with a :class:`CheckpointError` naming the objects'
@@ -183,6 +260,11 @@ def checkpoint_filter_fn(checkpoint: Mapping, model: nn.Module, use_ema: bool = 
     disagree when the checkpoint belongs to another architecture.
     """
     state = renamed_state_dict(checkpoint, use_ema)
+    foreign = [f'{k} ({type(v).__name__})' for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if foreign:
+        raise CheckpointError(f'the weights hold {len(foreign)} entries that are not tensors: {", ".join(foreign[:5])}'
+                              f'{" ..." if len(foreign) > 5 else ""}; the file was not written by PyTorch\'s '
+                              f'state_dict(), or was edited.')
     expected = model.state_dict()
     for key, value in state.items():  # a 1x1 Conv1d weight [out, in, 1] where the model has a 1x1 Conv2d
         if key in expected and value.dim() == 3 and tuple(expected[key].shape) == (*value.shape, 1):

@@ -89,8 +89,24 @@ def _parse_labels_csv(text, name):
             raise DecodeError(f'{name}: line {i} is not "class,start,end": {line!r}') from None
         if not 1 <= cls <= GESTURE_CLASSES:
             raise DecodeError(f'{name}: line {i}: class {cls} outside 1..{GESTURE_CLASSES}')
-        rows.append((cls - 1, start, end))
-    return rows
+        if start >= end:
+            raise DecodeError(f'{name}: line {i}: the window {start} to {end} us is empty (start must be before end)')
+        rows.append((cls - 1, start, end, i))
+    if not rows:  # the recording would silently add no sample to its split
+        raise DecodeError(f'{name} has no label rows (only a header, or empty): its recording would give no samples')
+    _check_no_overlap(rows, name)
+    return [row[:3] for row in rows]
+
+
+def _check_no_overlap(rows, name):
+    """No two label windows of a recording overlap: an event in both would be a sample of two gestures (and
+    SpikingJelly, which does not check, silently cuts the shared events into both)."""
+    ordered = sorted(rows, key=lambda row: row[1])
+    for (_, _, end, line), (_, start, next_end, next_line) in zip(ordered, ordered[1:]):
+        if start < end:
+            raise DecodeError(f'{name}: the label windows of line {line} (to {end} us) and line {next_line} (from '
+                              f'{start} us) overlap, so their events would be samples of both gestures; fix or '
+                              f'remove one of the two lines')
 
 
 def split_gesture_recording(aedat_bytes, csv_text, stem, out_dir, aedat_name, csv_name):
@@ -118,8 +134,12 @@ class _GestureDir:
         self.folder = folder
 
     def text(self, name):
-        with open(os.path.join(self.folder, name), encoding='utf-8') as f:
-            return f.read()
+        path = os.path.join(self.folder, name)
+        if not os.path.isfile(path):
+            raise PrepareError(f'{path} is missing (every listed recording needs its _labels.csv, and the folder its '
+                               f'trials_to_train.txt and trials_to_test.txt); extract the archive again')
+        with open(path, 'rb') as f:
+            return _decoded(f.read(), path)
 
     def recordings(self, names):
         for name in names:
@@ -142,7 +162,7 @@ class _GestureTar:
             for m in tar:
                 base = os.path.basename(m.name)
                 if m.isfile() and (base.endswith('.csv') or base.endswith('.txt')) and not base.startswith('._'):
-                    self.small[base] = tar.extractfile(m).read().decode('utf-8')
+                    self.small[base] = _decoded(tar.extractfile(m).read(), f'{path}:{m.name}')
 
     def text(self, name):
         if name not in self.small:
@@ -167,6 +187,31 @@ class _GestureTar:
         pass
 
 
+def _decoded(data, shown):
+    """``data`` (a labels CSV or a trials file) as text, or a :class:`PrepareError` naming a file that is not UTF-8
+    (a damaged download, or a binary file under a text file's name)."""
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise PrepareError(f'{shown} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}): a damaged or '
+                           f'foreign file; extract or download the data set again') from None
+
+
+def _read_trials(src, raw):
+    """``{recording: split}`` from the two trials files (each line checked by :func:`trial_names`); a recording
+    listed twice (in one file or in both) is a :class:`PrepareError` naming the lines: its samples would be written
+    twice, or be both train and test data."""
+    trials, where = {}, {}
+    for split in ('train', 'test'):
+        name = f'trials_to_{split}.txt'
+        for number, recording in trial_names(src.text(name), name, raw):
+            if recording in where:
+                raise PrepareError(f'{recording} is listed twice: {where[recording]} and {name} line {number}; a '
+                                   f'recording belongs to one split once (the official files list each once).')
+            trials[recording], where[recording] = split, f'{name} line {number}'
+    return trials
+
+
 def _open_gesture_raw(raw):
     if os.path.isfile(raw):
         return _GestureTar(raw)
@@ -181,9 +226,9 @@ def _open_gesture_raw(raw):
 
 
 def trial_names(text, list_name, raw):
-    """The recordings a trials file lists, one a line. A trials file is data, and data does not choose where this
-    script reads or writes: a line that names an absolute path, or a relative one that leaves the raw folder
-    (``../``), is refused, naming the file and the line."""
+    """``(line number, recording)`` of each recording a trials file lists, one a line. A trials file is data, and
+    data does not choose where this script reads or writes: a line that names an absolute path, or a relative one
+    that leaves the raw folder (``../``), is refused, naming the file and the line."""
     names = []
     for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
@@ -194,16 +239,13 @@ def trial_names(text, list_name, raw):
             raise PrepareError(f'{list_name} (in {raw}), line {number}: {name!r} is outside the raw folder: a trials '
                                f'file names recordings inside it (e.g. user01_fluorescent.aedat). Fix or remove that '
                                f'line; ROOT/events_np was not written.')
-        names.append(name)
+        names.append((number, name))
     return names
 
 
 def _gesture_jobs(raw, out):
     src = _open_gesture_raw(raw)
-    trials = {}
-    for split in ('train', 'test'):
-        for name in trial_names(src.text(f'trials_to_{split}.txt'), f'trials_to_{split}.txt', raw):
-            trials[name] = split
+    trials = _read_trials(src, raw)
     for split in ('train', 'test'):
         for label in range(GESTURE_CLASSES):
             os.makedirs(os.path.join(out, split, str(label)), exist_ok=True)
@@ -363,8 +405,7 @@ def prepare(dataset, raw, root, workers=None, force=False, progress=True):
         raise PrepareError(f'{raw} does not exist')
     final = os.path.join(root, 'events_np')
     if os.path.isdir(final) and not force:
-        meta_path = os.path.join(root, META)
-        meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else {}
+        meta = _read_meta(root)
         if meta.get('dataset', dataset) != dataset:
             raise PrepareError(f'{root} holds {meta["dataset"]}, not {dataset}; choose another --root')
         print(f'{final} already exists; nothing to do (--force rebuilds it)')
@@ -401,6 +442,24 @@ def prepare(dataset, raw, root, workers=None, force=False, progress=True):
     split = (f' (train {meta["train_samples"]}, test {meta["test_samples"]})' if 'train_samples' in meta else '')
     print(f'{dataset}: {total} recordings -> {n_samples} samples{split}, {n_events} events in {seconds:.1f} s '
           f'({n_events / max(seconds, 1e-9) / 1e6:.2f} M events/s) under {final}')
+    return meta
+
+
+def _read_meta(root):
+    """``ROOT/prepare_dvs.json`` as a dict ({} when absent); a damaged one is a :class:`PrepareError` with the fix."""
+    path = os.path.join(root, META)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, 'rb') as f:
+            meta = json.loads(f.read().decode('utf-8'))
+    except ValueError as e:  # not UTF-8 (UnicodeDecodeError), or not JSON
+        meta = e
+    if not isinstance(meta, dict):
+        why = f'not valid UTF-8 JSON ({meta})' if isinstance(meta, ValueError) else \
+            f'a {type(meta).__name__}, not a mapping'
+        raise PrepareError(f'{path} is {why}: it is damaged. Prepare the root again with --force (it rewrites '
+                           f'events_np and this file).')
     return meta
 
 
@@ -565,6 +624,10 @@ def main(argv=None):
             prepare(args.dataset, args.raw, args.root, args.workers, args.force, not args.no_progress)
     except PrepareError as e:
         print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder in the way, no permission, a full disk: one screen, not a traceback
+        print(f'error: {f"{e.filename}: " if e.filename else ""}{e.strerror or e}\nFix the path or its permissions, '
+              f'then run the same command again (ROOT/events_np is only ever replaced whole).', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         exit_interrupted(INTERRUPTED)

@@ -210,6 +210,33 @@ _NULLS = ('null', 'none', '~')
 _TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's ``SafeLoader``, except that a mapping with the same key twice is an error naming the key and both
+    lines. PyYAML keeps the last value silently, so a recipe edited by appending ``lr: ...`` below an older ``lr``
+    trains with whichever comes last, and nothing says so. Every YAML file this project reads goes through
+    :func:`load_yaml`."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == 'tag:yaml.org,2002:merge':
+                    continue
+                key = key_node.value
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f'the key {key!r} is given twice, on line {seen[key] + 1} and line '
+                        f'{key_node.start_mark.line + 1}: YAML would silently keep the second value. Delete one of '
+                        f'the two lines', key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(stream) -> Any:
+    """``yaml.safe_load`` with :class:`UniqueKeyLoader` (a key given twice is a ``yaml.YAMLError``)."""
+    return yaml.load(stream, Loader=UniqueKeyLoader)
+
+
 class Config:
     """Resolved configuration: attribute access (``cfg.lr``), ``cfg.to_dict()``; ``source`` is the YAML file,
     ``command_line`` the names of the keys given on the command line."""
@@ -289,7 +316,7 @@ def convert(name: str, key: Key, value: Any) -> Any:
             result = str(value)
         else:
             raise ValueError
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # TypeError: a list or mapping, e.g. `batch_size: [64]`
         raise bad(key.kind.__name__) from None
     if key.choices and result not in key.choices:
         raise ConfigError(f'config key {name!r}: {result!r} is not one of {", ".join(key.choices)}')
@@ -363,7 +390,10 @@ def read_yaml(path: str, schema: Mapping[str, Key]) -> dict:
                           f'start in the current directory: {os.getcwd()}).')
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f'config file {path} is not UTF-8 text ({e.reason} at byte {e.start}): is it a YAML '
+                          f'file?') from None
     except yaml.YAMLError as e:
         raise ConfigError(f'config file {path} is not valid YAML:\n{e}') from None
     if not data and isinstance(data, (dict, type(None))):
@@ -381,7 +411,14 @@ def validate(data: Mapping, schema: Mapping[str, Key], where: str) -> dict:
         name = str(raw).replace('-', '_')
         if name not in schema:
             raise _unknown(str(raw), where, schema)
-        values[name] = convert(name, schema[name], value)
+        if name in values:  # e.g. batch-size and batch_size: two spellings of one key, which YAML cannot see
+            spellings = ', '.join(repr(str(k)) for k in data if str(k).replace('-', '_') == name)
+            raise ConfigError(f'config key {name!r} is given twice in {where} (as {spellings}); only one value can '
+                              f'count.\nFix: delete one of them.')
+        try:
+            values[name] = convert(name, schema[name], value)
+        except ConfigError as e:  # say where the value came from (a YAML file, a checkpoint's recorded config)
+            raise ConfigError(f'{e} (in {where})') from None
     return values
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
+from timm.data import FastCollateMixup, Mixup, create_loader
 from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -29,6 +29,7 @@ from .atomic import replace_atomically
 from .config import Config, mixing_on
 from .data_checks import check_batches, check_datasets
 from .errors import DataError
+from .image_files import ImageFiles
 from .rand_augment_ops import restrict_rand_augment
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -129,8 +130,7 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
     paths = [os.path.join(root, folder, f) for f in (train_files if train else test_files)]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing and download:
-        import torchvision
-        getattr(torchvision.datasets, name.upper())(root, train=train, download=True)
+        _download_cifar(name, root, train)
         missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise DataError(f'{CIFAR_NAMES[name]} not found: {missing[0]} does not exist.\nPoint --data-dir at the folder '
@@ -142,10 +142,41 @@ def cifar(name: str, root: str, train: bool, download: bool) -> ArrayImages:
                 entry = _CifarUnpickler(f, encoding='latin1').load()
             images.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
             targets.extend(entry[label_key])
+            if len(targets) != sum(len(x) for x in images):  # else an IndexError in the middle of an epoch
+                raise ValueError(f'it holds {len(images[-1])} images but {len(entry[label_key])} labels')
         except Exception as e:  # truncated or foreign file
             raise DataError(f'cannot read {path}: {e}\nDelete {os.path.join(root, folder)} and download it again '
                             f'(--dataset-download).') from None
     return ArrayImages(np.concatenate(images).transpose(0, 2, 3, 1), targets)
+
+
+def _download_cifar(name: str, root: str, train: bool) -> None:
+    """torchvision's download of CIFAR into ``root``; a failure (no network, a proxy, a bad checksum) is a
+    :class:`DataError` naming the URL and the offline fix, and leaves no partial archive or folder behind."""
+    import torchvision
+    dataset = getattr(torchvision.datasets, name.upper())
+    created, path = [], os.path.abspath(root)  # the folders the download would create (deepest first)
+    while not os.path.exists(path):
+        created.append(path)
+        path = os.path.dirname(path)
+    try:
+        dataset(root, train=train, download=True)
+    except (OSError, RuntimeError, ValueError) as e:  # urllib's URLError is an OSError; a bad checksum RuntimeError
+        archive = os.path.join(root, dataset.filename)
+        if os.path.isfile(archive) and not _archive_complete(archive, dataset.tgz_md5):
+            os.remove(archive)
+        for folder in created:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        reason = ' '.join(str(getattr(e, 'reason', None) or e).split())[:200] or type(e).__name__
+        raise DataError(f'cannot download {CIFAR_NAMES[name]} from {dataset.url} ({reason}).\nFix: check the network '
+                        f'(or proxy), or download that file on another machine, extract it into {root} (it holds '
+                        f'{CIFAR_FILES[name][0]}/) and run without --dataset-download.') from None
+
+
+def _archive_complete(path: str, md5: str) -> bool:
+    from torchvision.datasets.utils import check_integrity
+    return check_integrity(path, md5)
 
 
 def digits(train: bool, size: int = 32) -> ArrayImages:
@@ -169,7 +200,7 @@ def image_folder(root: str, split: str):
         raise DataError(f'ImageNet {split} folder not found: {path}\nPoint --data-dir at the folder that holds '
                         f'train/ and val/, each with one sub-folder of images per class.')
     try:
-        return create_dataset('', root=path, split=split, search_split=False)
+        return ImageFiles(path)  # timm's ImageDataset, with 16-bit images scaled (utils.image_files)
     except RuntimeError as e:  # e.g. a folder without images
         raise DataError(f'cannot read the images under {path}: {e}') from None
 

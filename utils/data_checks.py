@@ -8,8 +8,12 @@
   have the same class folders. timm numbers the classes from the leaf folders *that hold images*, in sorted
   order, separately per split, so an empty folder (or one missing in a split) silently shifts every later label
   between train and val.
+- The first sample of each split can be read (:func:`read_first_sample`).
 - The training set fills at least one batch per process (the training loader drops the incomplete last batch, so
   an epoch would train on nothing), and the evaluation set is not empty.
+- ``grad_accum_steps`` is at most the batches of an epoch (or ``limit_train_batches``): a larger value makes one
+  optimizer step per epoch, of fewer images than the global batch the run states (the engine steps on the last,
+  partial group, as timm).
 
 Every failure is a :class:`~utils.errors.DataError` naming the folders or numbers involved and the fix.
 """
@@ -33,6 +37,18 @@ def image_folder_classes(split_dir: str, dataset) -> list:
     classes = list(dataset.reader.class_to_idx)
     folders = {d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))}
     empty = folders - set(classes)
+    unreadable = {}
+    for name in sorted(empty):  # timm's walk skips a folder it cannot list: say so, not that it is empty
+        try:
+            with os.scandir(os.path.join(split_dir, name)):
+                pass
+        except OSError as e:
+            unreadable[name] = e.strerror or type(e).__name__
+    if unreadable:
+        reasons = sorted(set(unreadable.values()))
+        raise DataError(f'{len(unreadable)} class folder(s) under {split_dir} cannot be read ({", ".join(reasons)}): '
+                        f'{_listed(unreadable)}.\nFix: give the user running this read and execute permission on '
+                        f'them (e.g. chmod -R a+rX {split_dir}), or check the mount.')
     if empty:
         raise DataError(f'{len(empty)} class folder(s) under {split_dir} hold no images: {_listed(empty)}.\n'
                         f'timm numbers the classes from the folders that hold images, so an empty folder shifts the '
@@ -91,15 +107,45 @@ def check_datasets(cfg, train_ds, eval_ds) -> None:
                         f'the config (or checkpoint) is for.')
     if eval_ds is not None and len(eval_ds) == 0:
         raise DataError(f'the evaluation split of {cfg.data_dir} has no samples.\nFix: check --data-dir.')
+    for ds in datasets:
+        read_first_sample(ds)
+
+
+def read_first_sample(ds) -> None:
+    """Read the first sample of ``ds`` once, so that a split whose files cannot be read (all images damaged, a frame
+    cache of the wrong shape) is refused with the reader's own message (a ``DataError``) before a run folder is
+    written or a report pass starts, not at the first batch. The random generators are left as they were (a DVS
+    split's augmentation draws from torch's)."""
+    import torch  # late: this module stays light for utils.config's users
+    if len(ds):
+        with torch.random.fork_rng(devices=[]):
+            ds[0]
 
 
 def check_batches(cfg, train_ds, world: int = 1) -> None:
     """At least one full training batch per process (the training loader drops the incomplete last batch)."""
     per_process = math.ceil(len(train_ds) / world)
     if per_process >= cfg.batch_size:
+        check_accumulation(cfg, per_process // cfg.batch_size, world)
         return
     fit = per_process - (per_process % 2 if mixing_on(cfg) else 0)  # batch mixup needs an even batch
     fix = f'--batch-size {fit} or less' if fit >= 1 else 'more training data'
     raise DataError(f'the training set of {cfg.data_dir} has {len(train_ds)} samples ({per_process} per process on '
                     f'{world}), fewer than one batch of batch_size {cfg.batch_size}: the loader drops the incomplete '
                     f'last batch, so an epoch would train on nothing.\nFix: {fix}.')
+
+
+def check_accumulation(cfg, batches: int, world: int = 1) -> None:
+    """``grad_accum_steps`` at most the ``batches`` each process trains per epoch (after ``limit_train_batches``)."""
+    limit = getattr(cfg, 'limit_train_batches', None)
+    per_epoch = min(batches, limit) if limit is not None else batches
+    if cfg.grad_accum_steps <= per_epoch:
+        return
+    limited = f' (limit_train_batches {limit})' if limit is not None and limit < batches else ''
+    images = per_epoch * cfg.batch_size * world
+    raise DataError(f'grad_accum_steps is {cfg.grad_accum_steps}, but each process trains only {per_epoch} batch(es) '
+                    f'per epoch{limited}: every epoch would make one optimizer step of {images} images, not the '
+                    f'global batch of {cfg.batch_size} x {world} x {cfg.grad_accum_steps} = '
+                    f'{cfg.batch_size * world * cfg.grad_accum_steps} that the recipe states.\nFix: --grad-accum-steps '
+                    f'{per_epoch} or less{", or a larger --limit-train-batches" if limited else ""} (or more training '
+                    f'data).')

@@ -108,6 +108,63 @@ class fail_together:  # noqa: N801 (used as a context manager, like contextlib's
         raise FailedOnAnotherRank(failed[0], codes[failed[0]]) from None
 
 
+FAILURE_KEY = 'spikingformer/failed_rank'  # in the process group's store: '<rank>:<exit code>' of the first failure
+PEER_FAILURE_WAIT_S = 10.0  # how long a process whose collective broke waits for the failing process's record
+
+
+def _store():
+    try:  # the default group's key-value store (torchrun's or env:// rendezvous); private in PyTorch, hence guarded
+        return dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
+
+
+def share_failure(info: DistInfo, error: BaseException) -> None:
+    """Called with the exception that ends a distributed run in this process, outside :class:`fail_together`
+    blocks (a damaged sample read by one rank in the middle of an epoch, say). Why: the other processes are then
+    waiting in a collective operation (a gradient all-reduce), which breaks when this process exits, and each
+    would print its own traceback ("Connection closed by peer") under the one message that says what happened.
+
+    The first process to fail with its own error records ``rank:exit code`` in the process group's store (a
+    compare-and-set: the first one wins) and re-raises, so its message is printed. A process whose error is
+    anything else (the broken collective) waits up to :data:`PEER_FAILURE_WAIT_S` for such a record and then
+    raises :class:`~utils.errors.FailedOnAnotherRank`: it exits with the same code and prints nothing. When the
+    store itself is gone (it lives in rank 0, which has exited), rank 0 is the one that failed. An error no other
+    process recorded is re-raised as it is (a genuine failure of this process, traceback included).
+    """
+    if not info.distributed or not isinstance(error, Exception) or isinstance(error, FailedOnAnotherRank):
+        return
+    store = _store()
+    if store is None:
+        return
+    import datetime  # here: only a failing distributed run needs it
+    if isinstance(error, UserError) or exit_code(error) == 2:  # this process's own failure: record it, first wins
+        try:
+            store.compare_set(FAILURE_KEY, '', f'{info.rank}:{exit_code(error)}')
+        except Exception:  # the store is gone (rank 0 has exited): nothing to tell
+            pass
+        return
+    if not isinstance(error, RuntimeError):  # a collective breaks with a RuntimeError (DistBackendError, gloo's)
+        return
+    try:
+        store.wait([FAILURE_KEY], datetime.timedelta(seconds=PEER_FAILURE_WAIT_S))
+        rank, code = (int(x) for x in store.get(FAILURE_KEY).decode().split(':'))
+    except Exception:  # no record in time: the store is gone if rank 0 failed, else this is our own failure
+        if info.rank == 0 or _store_alive(store):
+            return
+        rank, code = 0, 1
+    if rank != info.rank:
+        raise FailedOnAnotherRank(rank, code) from None
+
+
+def _store_alive(store) -> bool:
+    try:
+        store.check([FAILURE_KEY])
+        return True
+    except Exception:
+        return False
+
+
 def sync_bn_stats(model: torch.nn.Module, mode: str, world: int) -> None:
     """Give every rank the same BatchNorm running statistics before an evaluation (timm's ``distribute_bn``).
 

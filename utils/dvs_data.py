@@ -170,8 +170,9 @@ class DVSFrames(torch.utils.data.Dataset):
     ``targets`` (int labels), ``classes`` (names, index = label), ``transform``.
     """
 
-    def __init__(self, base, indices, labels, sample_files, classes, transform=None):
+    def __init__(self, base, indices, labels, sample_files, classes, transform=None, time_steps=None):
         self.base = base
+        self.time_steps = time_steps  # checked against each sample read (None: any)
         self.indices = list(indices)
         self.targets = list(labels)
         self.sample_files = list(sample_files)
@@ -186,14 +187,24 @@ class DVSFrames(torch.utils.data.Dataset):
         try:
             x = torch.from_numpy(load_frames(path))  # float32 [T, 2, H, W] event counts
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError) as e:
-            frames = os.path.dirname(os.path.dirname(path))
-            if os.path.basename(frames) in ('train', 'test'):  # DVS128 Gesture: <cache>/<split>/<label>/
-                frames = os.path.dirname(frames)
+            frames = _cache_folder(path)
             raise DataError(f'cannot read the cached frames {path} ({type(e).__name__}: {e}).\nFix: delete '
                             f'{frames} (it is rebuilt from events_np at the next start).') from None
+        if tuple(x.shape[1:]) != FRAME_SHAPE or self.time_steps not in (None, len(x)):  # another T or sensor
+            raise DataError(f'the cached frames {path} have shape {list(x.shape)}, not [T={self.time_steps or "T"}, '
+                            f'2, 128, 128]: the cache holds another T or another data set.\nFix: delete '
+                            f'{_cache_folder(path)} (it is rebuilt from events_np at the next start).')
         if self.transform is not None:
             x = self.transform(x)
         return x, self.targets[i]
+
+
+def _cache_folder(path):
+    """The frame cache folder that holds the sample file ``path``."""
+    frames = os.path.dirname(os.path.dirname(path))
+    if os.path.basename(frames) in ('train', 'test'):  # DVS128 Gesture: <cache>/<split>/<label>/
+        frames = os.path.dirname(frames)
+    return frames
 
 
 def split_cifar10dvs(files, labels, train_ratio=0.9):
@@ -233,6 +244,37 @@ def _truncated_npz(folder, names):
     """The ``.npz`` files among ``names`` (relative to ``folder``) that are not complete zip archives: a
     truncated file lacks the archive's directory, which is written last (a cheap check: no decompression)."""
     return [n for n in names if not zipfile.is_zipfile(os.path.join(folder, n))]
+
+
+FRAME_SHAPE = (2, 128, 128)  # polarities x sensor height x width, per time step, of both DVS data sets
+FRAME_FILES_CHECKED = 64  # cache files whose array header a start reads (evenly spread over the cache)
+
+
+def _frames_shape(path):
+    """The shape of the ``frames`` array of a cached ``.npz``, from its header alone (no decompression of the
+    data); raises ``ValueError``/``OSError``/``KeyError``/``zipfile.BadZipFile`` on a damaged file."""
+    with zipfile.ZipFile(path) as zf, zf.open('frames.npy') as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read(f)[0])
+
+
+def _wrong_frames(folder, names, T):
+    """Why the cache ``folder`` does not hold frames of ``T`` steps of :data:`FRAME_SHAPE` (None when it does),
+    judged from the content of up to :data:`FRAME_FILES_CHECKED` files, not from the folder's name: a cache copied
+    or renamed from another T, or built by another tool, would otherwise be read as it is (T would silently be
+    another, or the model would fail at the first batch). ``DVSFrames`` checks every sample it reads as well."""
+    names = sorted(names)
+    step = max(1, len(names) // FRAME_FILES_CHECKED)
+    expected = (T,) + FRAME_SHAPE
+    for name in names[::step][:FRAME_FILES_CHECKED]:
+        try:
+            shape = _frames_shape(os.path.join(folder, name))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, EOFError) as e:
+            return f'{name} cannot be read ({type(e).__name__}: {e})'
+        if shape != expected:
+            return f'{name} holds frames of shape {list(shape)}, not [T={T}, 2, 128, 128]'
+    return None
 
 
 class _CancellingExecutor(ThreadPoolExecutor):
@@ -329,11 +371,12 @@ def _spikingjelly_frames(dataset, root, T):
         if os.path.isdir(frames):
             cached = _npz_set(frames)
             truncated = _truncated_npz(frames, cached) if cached == expected else []
-            if cached == expected and not truncated:
+            wrong = _wrong_frames(frames, cached, T) if cached == expected and not truncated else None
+            if cached == expected and not truncated and not wrong:
                 build = False
             else:
                 why = f'{len(truncated)} truncated file(s), e.g. {truncated[0]}' if truncated else \
-                    'it does not match events_np'
+                    wrong or 'it does not match events_np'
                 print(f'{frames}: {why} (an interrupted build, or stale); rebuilding it')
                 shutil.rmtree(frames)
         if build:
@@ -384,12 +427,12 @@ def build_dvs_datasets(cfg):
         for base, transform in zip(bases, (augment, None)):
             files = [source(p) for p, _ in base.samples]
             labels = [int(os.path.basename(os.path.dirname(p))) for p, _ in base.samples]
-            out.append(DVSFrames(base, range(len(files)), labels, files, [str(k) for k in range(11)], transform))
+            out.append(DVSFrames(base, range(len(files)), labels, files, [str(k) for k in range(11)], transform, T))
         return tuple(out)
     base, = bases
     files = [source(p) for p, _ in base.samples]
     names = [os.path.basename(os.path.dirname(p)) for p, _ in base.samples]
     labels = [CIFAR10DVS_CLASSES.index(n) for n in names]
     train_idx, test_idx = split_cifar10dvs(files, labels)
-    return tuple(DVSFrames(base, idx, [labels[i] for i in idx], [files[i] for i in idx], CIFAR10DVS_CLASSES, tf)
+    return tuple(DVSFrames(base, idx, [labels[i] for i in idx], [files[i] for i in idx], CIFAR10DVS_CLASSES, tf, T)
                  for idx, tf in ((train_idx, augment), (test_idx, None)))

@@ -33,12 +33,13 @@ from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, conf
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
-                          sync_bn_stats)
+                          share_failure, sync_bn_stats)
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
-from .factory import architecture_label, architecture_overrides, build_model, override_note, run_name
+from .factory import architecture_label, architecture_overrides, build_model, check_model, override_note, run_name
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .finished_run import finished_message, needs_repair
+from .input_checks import check_augment_policy
 from .progress import RunClock, format_duration
 from .provenance import file_sha256, record_run_start, run_provenance
 from .run_claim import make_default_folder, release_claims, timestamp, unique_suffix
@@ -203,6 +204,9 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
         provenance = dict(run_provenance([sys.argv[0], *argv], info.device, info.world),
                           resumed_from=resume.path if resume is not None else None)
         return _train(cfg, info, resume, provenance)
+    except Exception as e:  # one process failed mid-run: one message for the run (utils.distributed)
+        share_failure(info, e)
+        raise
     finally:
         release_claims()  # the run folder's claim (utils.run_claim), taken by rank 0
         cleanup_distributed()
@@ -220,6 +224,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
             cfg.amp_dtype = _dtype_name(amp_dtype)
         check_optimizer_and_schedule(cfg)
         finished = None
+        check_model(cfg)  # the name and the input layout, before any data is read or folder written
+        check_augment_policy(cfg)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
             batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
