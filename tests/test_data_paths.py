@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, write_cifar10
+from utils.errors import DataError
 from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 from utils.main import train_main
 
@@ -65,6 +66,7 @@ def downloads(monkeypatch):
     def download(root, train=True, download=False, **kwargs):
         asked.append(root)
         raise RuntimeError('a download was attempted')
+    download.url, download.filename, download.tgz_md5 = 'https://example.invalid/c.tar.gz', 'c.tar.gz', '0' * 32
     monkeypatch.setattr(torchvision.datasets, 'CIFAR10', download)
     return asked
 
@@ -81,7 +83,7 @@ def test_a_checkpoint_does_not_make_an_evaluation_download(moved_checkpoint, dow
     refused(capsys, main, argv, 'not found', '--data-dir')
     assert downloads == [] and not moved_checkpoint['nowhere'].exists() and not (tmp_path / 'out').exists()
     if script == 'test.py':  # the command line still decides: the flag downloads, --data-dir reads elsewhere
-        with pytest.raises(RuntimeError, match='download was attempted'):
+        with pytest.raises(DataError, match='download was attempted'):  # a failed download is a DataError
             main(argv + ['--dataset-download'])
         assert downloads == [str(moved_checkpoint['nowhere'] / 'cifar')]
         results = main(argv + ['--data-dir', str(moved_checkpoint['data'])])
