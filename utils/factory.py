@@ -18,6 +18,9 @@ def build_model(cfg: Config) -> nn.Module:
         if getattr(cfg, name) is not None:
             kwargs[name] = getattr(cfg, name)
     try:
-        return timm.create_model(cfg.model, **kwargs)
+        model = timm.create_model(cfg.model, **kwargs)
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f'cannot build model {cfg.model!r} with {kwargs}: {e}') from None
+    if cfg.grad_checkpointing:  # as timm's train.py: after creation, through the model's own switch
+        model.set_grad_checkpointing(True)
+    return model
