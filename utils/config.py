@@ -192,6 +192,9 @@ SCHEMA.update(
     grad_checkpointing=_k(False, bool, 'recompute each encoder block and tokenizer stage in backward instead of keeping '
                           'its activations: less memory, more time, the same numbers (timm\'s flag)',
                           may_change_on_resume=True),
+    checkpoint_interval=_k(None, float, 'minutes between mid-epoch saves of the whole run state to last.pth.tar (at an '
+                           'optimizer step); null = at epoch ends only (SIGUSR1/SIGTERM always save, then stop)',
+                           nullable=True, bounds=POSITIVE, may_change_on_resume=True),
     memory_check=_k(True, bool, 'before the first batch, refuse a run whose estimated step memory exceeds the '
                     'device\'s free memory (utils.memory_estimate)', may_change_on_resume=True),
 )

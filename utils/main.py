@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .atomic import replace_atomically
-from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
+from .checkpoint import BEST, LAST, make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
@@ -35,7 +35,10 @@ from .distributed import (DistInfo, cleanup_distributed, fail_together, init_dis
 from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
 from .factory import build_model
+from .memory_estimate import check_step_memory, out_of_memory_reported
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
+from .preemption import (StopRequests, check_in_epoch, in_epoch_state, restore_signal_handlers, stop,
+                         stop_line)
 from .progress import RunClock, format_duration
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
@@ -188,6 +191,7 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     try:
         return _train(cfg, info, resume)
     finally:
+        restore_signal_handlers()
         cleanup_distributed()
 
 
@@ -202,6 +206,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         if cfg.amp and cfg.amp_dtype == 'auto':  # recorded as what ran: a resume elsewhere keeps it (or is refused)
             cfg.amp_dtype = _dtype_name(amp_dtype)
         check_optimizer_and_schedule(cfg)
+        memory_note = check_step_memory(cfg, device, info.world if device.type == 'cpu' else 1)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
             batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
@@ -233,10 +238,14 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         # created before a resume loads the optimizer state, so the schedule follows this run's config
         scheduler, num_epochs = build_schedule(optimizer, cfg)
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-        start_epoch, best_metric, best_epoch = 0, None, None
+        start_epoch, best_metric, best_epoch, in_epoch, last_metric = 0, None, None, None, None
         if resume is not None:
             start_epoch, best_metric, best_epoch = resume_checkpoint(resume.checkpoint, resume.path, model,
                                                                      optimizer, scaler, ema)
+            last_metric = resume.checkpoint.get('metric')
+            if 'in_epoch' in resume.checkpoint:  # saved between two optimizer steps of start_epoch
+                in_epoch = check_in_epoch(resume.checkpoint['in_epoch'], resume.path, start_epoch, info.world,
+                                          info.rank)
             resume.checkpoint = None  # free its memory
         scheduler.step(start_epoch)
 
@@ -254,7 +263,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         if info.distributed else model
     log = RunLog(cfg.output, info.is_main)
     if resume is not None:
-        log(f'resumed from {resume.path} at epoch {start_epoch}')
+        log(f'resumed from {resume.path} at epoch {start_epoch}' + (f', batch {in_epoch["batch"]}' if in_epoch
+                                                                    else ''))
         if batch_note:
             log(batch_note)
     if loaded:
@@ -269,18 +279,47 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
     if cfg.grad_accum_steps > 1:
         log(f'gradient accumulation: {cfg.grad_accum_steps} batches per optimizer step, global batch {cfg.batch_size} '
             f'x {info.world} x {cfg.grad_accum_steps} = {cfg.batch_size * info.world * cfg.grad_accum_steps}')
+    if memory_note:
+        log(memory_note)
     clock = RunClock(num_epochs)
 
+    stops = StopRequests(cfg.checkpoint_interval, device, info.distributed)
+    last_path = os.path.join(cfg.output, LAST)
+
+    def at_step(next_batch: int, sums: dict) -> None:
+        """After an optimizer step: the mid-epoch save of utils.preemption when the interval or a signal asks."""
+        request = stops.poll()
+        if request is None:
+            return
+        state = make_checkpoint(model, optimizer, epoch - 1, cfg, last_metric, best_metric, best_epoch, scaler, ema,
+                                info.world)
+        state['in_epoch'] = in_epoch_state(epoch, next_batch, sums, device, info.distributed)
+        with fail_together(info):
+            if info.is_main:
+                save_run_checkpoint(cfg.output, state, False)
+        stops.saved()
+        if request:
+            total = len(train_loader) if cfg.limit_train_batches is None else \
+                min(len(train_loader), cfg.limit_train_batches)
+            stop(request, stop_line(request, epoch, next_batch, total, last_path, info.world), log)
+        log(f'epoch {epoch}: saved the state after batch {next_batch} to {last_path} (--checkpoint-interval)')
+
+    stops.install()  # until train_main returns (restore_signal_handlers in its finally)
     for epoch in range(start_epoch, num_epochs):
         clock.start_epoch()
         seed_everything(cfg.seed, info.rank, epoch)
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
         set_mixup_epoch(mixup_fn, cfg, epoch)
-        train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
-                                amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
-                                log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
-                                log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock)
+        first_batch = in_epoch['batch'] if in_epoch and epoch == start_epoch else 0
+        train_loader.resumable.start_epoch(epoch, first_batch)
+        with out_of_memory_reported(cfg, device):
+            train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
+                                    amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
+                                    log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
+                                    log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock,
+                                    start_batch=first_batch, sums=in_epoch['sums'] if first_batch else None,
+                                    at_step=at_step)
         if train['skipped_steps']:
             log(f'epoch {epoch}: the float16 gradient scaler skipped {train["skipped_steps"]} of {train["steps"]} '
                 f'optimizer steps (inf/NaN gradients; weights and EMA unchanged there), loss scale now '
@@ -310,11 +349,15 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
                                         scaler, ema, info.world)
                 save_run_checkpoint(cfg.output, state, is_best)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+        stops.saved()
+        last_metric = metrics['top1']
         clock.end_epoch(train['seconds'])
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
             f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
             f'best top-1 {best_metric:.2f}% (epoch {best_epoch}) | {format_duration(clock.elapsed())} elapsed, '
             f'{format_duration(clock.remaining_after(epoch))} remaining')
+        if stops.signal is not None and epoch + 1 < num_epochs:  # it came during evaluation or the save
+            stop(stops.signal, stop_line(stops.signal, epoch, None, None, last_path, info.world), log)
     if best_metric is not None:
         if not info.is_main or best_file_epoch(cfg.output) == best_epoch:
             files = f'summary.csv, {BEST}, last.pth.tar'
