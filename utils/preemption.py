@@ -129,9 +129,9 @@ def check_in_epoch(state, path: str, epoch: int, world: int, rank: int) -> dict:
 def resume_command(last: str, world: int) -> str:
     """The command that continues this run from ``last``, as this process was started."""
     script = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0] else '<data set>/train.py'
-    if os.environ.get('SLURM_JOB_ID'):
-        return f'CONFIG=<run>/args.yaml sbatch scripts/slurm_imagenet.sbatch --resume {shlex.quote(last)} ' \
-               f'(or: srun python {script} --resume {shlex.quote(last)})'
+    if os.environ.get('SLURM_JOB_ID'):  # scripts/slurm_imagenet.sbatch requeues itself after SIGUSR1
+        return f'RUN={shlex.quote(os.path.dirname(last) or ".")} sbatch scripts/slurm_imagenet.sbatch (a job of ' \
+               f'that script requeues itself), or srun python {script} --resume {shlex.quote(last)}'
     launcher = f'torchrun --nproc_per_node={world} ' if world > 1 else 'python '
     return f'{launcher}{script} --resume {shlex.quote(last)}'
 
