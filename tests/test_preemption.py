@@ -149,3 +149,25 @@ def test_two_processes_stop_together_and_resume_bitwise(tmp_path):
     code, stdout, stderr = _torchrun(plain, ['--resume', out / 'last.pth.tar'])
     assert code == 0, stdout[-2000:] + stderr[-2000:]
     assert_bitwise_same_run(out, ref)
+
+
+def test_sigterm_during_evaluation_stops_after_the_epochs_checkpoint(data, uninterrupted, tmp_path, monkeypatch,
+                                                                      capsys):
+    import utils.main
+    evaluate, calls = utils.main.evaluate, []
+
+    def signalled_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(utils.main, 'evaluate', signalled_evaluate)
+    out = tmp_path / 'run'
+    with pytest.raises(SystemExit) as stopped:
+        train_main(_argv(data, out))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert 'SIGTERM received: saved the end of epoch 0' in capsys.readouterr().out
+    assert len(read_summary(out)) == 1 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.undo()
+    train_main(['--resume', str(out / 'last.pth.tar')])
+    assert_bitwise_same_run(out, uninterrupted)
