@@ -71,7 +71,8 @@ SAMPLE, BATCH, MAIN = 0, 1, 2  # the kinds of keyed draws, so that sample 3 and 
 
 class SeededSamples(Dataset):
     """The training data set, each sample loaded under generators keyed by its position in the epoch (see above);
-    forwards ``transform`` (timm's loader sets it) and the attributes of the data set it wraps."""
+    forwards ``transform`` (timm's loader sets it) and the attributes of the data set it wraps. Indexed with a plain
+    index (outside the loader) it is the wrapped data set, drawing from the global generators."""
 
     def __init__(self, dataset, key: EpochKey):
         self.dataset, self.key = dataset, key
@@ -93,6 +94,8 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item):
+        if not isinstance(item, tuple):  # indexed directly, not through PositionedSampler: the data set's own sample
+            return self.dataset[item]
         position, index = item
         with keyed_generators(self.key(SAMPLE, position)):
             sample = self.dataset[index]
