@@ -24,17 +24,18 @@ from .config import Config
 from .errors import UserError
 
 MIB = 2 ** 20
-# variant: (T, image side, a, b, a with checkpointing, b with checkpointing), a and b in MiB (CPU, float32, fused LIF)
+# variant: (T, image side, a, b, a with checkpointing, b with checkpointing), a and b in MiB (CPU, float32, fused LIF;
+# measured at batch 1 and 2 for ImageNet and DVS, 8 and 16 for CIFAR: docs/speed.md)
 MEASURED = {
-    'spikingformer_8_384': (4, 224, 300, 800, 300, 250),
-    'spikingformer_8_512': (4, 224, 400, 1000, 400, 300),
-    'spikingformer_8_768': (4, 224, 900, 1700, 900, 500),
-    'spikingformer_cifar_4_256': (4, 32, 60, 30, 60, 10),
-    'spikingformer_cifar_2_384': (4, 32, 80, 30, 80, 10),
-    'spikingformer_cifar_4_384': (4, 32, 120, 50, 120, 15),
-    'spikingformer_dvs_2_256': (16, 128, 40, 300, 40, 100),
+    'spikingformer_8_384': (4, 224, 31, 763.4, 90, 482.3),
+    'spikingformer_8_512': (4, 224, 267, 844.4, 212, 601.2),
+    'spikingformer_8_768': (4, 224, 171, 1344.7, 443, 653.4),
+    'spikingformer_cifar_4_256': (4, 32, 19, 61.4, 23, 31.9),
+    'spikingformer_cifar_2_384': (4, 32, 37, 62.1, 122, 34.0),
+    'spikingformer_cifar_4_384': (4, 32, 68, 85.7, 22, 54.3),
+    'spikingformer_dvs_2_256': (16, 128, 49, 344.9, 97, 226.9),
 }
-AMP_ACTIVATION_FACTOR = 1.0
+AMP_ACTIVATION_FACTOR = 0.73  # 8-768, bf16 on CPU: 988 MiB per image against 1345 in float32
 CUDA_OVERHEAD_MIB = 600  # CUDA context and allocator slack, a rough allowance
 
 
