@@ -9,10 +9,7 @@ For one variant, batch size, device and number of time steps, measures for each 
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the peak resident set of
   the measuring process (``ru_maxrss``), and that peak minus the resident set just before the first step ("step"
   column: what the steps themselves add on top of the model, its inputs and the interpreter, the optimizer state
-  included). With ``--warmup`` >= 1 on Linux also the "activation" peak: the peak resident set of the timed steps
-  above the resident set between two steps (weights and optimizer state, gradients freed), the peak being reset
-  after the warmup through ``/proc/self/clear_refs``; it is what a step needs on top of the state a run keeps, the
-  number checkpointing reduces.
+  included).
 
 Every (path, mode) is measured in a fresh child process (so peak memory is that path's alone and no allocator state
 or warm cache carries over), after ``--warmup`` untimed steps, and the paths are interleaved over ``--rounds`` rounds
@@ -45,24 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 def _rss_bytes() -> int:
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak resident set (VmHWM) to the current one (Linux >= 4.0); whether it worked."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) * 1024
-    raise OSError('no VmHWM in /proc/self/status')
 
 
 def worker(args) -> dict:
@@ -121,13 +100,9 @@ def worker(args) -> dict:
     for _ in range(args.warmup):
         step()
     sync()
-    if args.mode == 'train' and args.warmup:
-        opt.zero_grad(set_to_none=True)  # between two steps: weights and optimizer state
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
-    between = _rss_bytes()
-    peak_reset = device.type == 'cpu' and args.warmup > 0 and _reset_peak_rss()
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -143,8 +118,6 @@ def worker(args) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
         out['peak_mib'] = peak / 2 ** 20
         out['step_mib'] = (peak - rss_before) / 2 ** 20
-        if peak_reset:
-            out['act_mib'] = (_peak_rss_bytes() - between) / 2 ** 20
     return out
 
 
@@ -282,9 +255,7 @@ def report(args, runs: dict, modes, checkpointing) -> None:
             row = dict(mode=mode, path=path, img_s=args.batch_size / med, step_ms=med * 1e3,
                        step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3,
                        peak_mib=statistics.median(res['peak_mib'] for res in rs),
-                       step_mib=statistics.median(res['step_mib'] for res in rs),
-                       act_mib=statistics.median(res['act_mib'] for res in rs) if all('act_mib' in res for res in rs)
-                       else None)
+                       step_mib=statistics.median(res['step_mib'] for res in rs))
             if path == 'torch':
                 base = row
             rows.append(row)
@@ -296,8 +267,6 @@ def report(args, runs: dict, modes, checkpointing) -> None:
                 if row['path'].endswith('+ckpt') and plain is not None:
                     row['ckpt_time'] = row['step_ms'] / plain['step_ms']
                     row['ckpt_mem'] = row['step_mib'] / plain['step_mib'] if plain['step_mib'] > 0 else None
-                    if row['act_mib'] and plain['act_mib']:
-                        row['ckpt_act'] = row['act_mib'] / plain['act_mib']
 
     config = dict(model=args.model, batch_size=args.batch_size, T=args.T, img_size=args.img_size,
                   device=args.device, amp=args.amp, warmup=args.warmup, steps=args.steps, rounds=args.rounds,
@@ -306,19 +275,16 @@ def report(args, runs: dict, modes, checkpointing) -> None:
     print(f"\n{args.model}, batch {args.batch_size}, T={args.T or 'default'}, {args.device}, amp {args.amp}: "
           f"median of {args.rounds}x{args.steps} steps")
     ckpt = True in checkpointing and False in checkpointing
-    extra = ' activation peak MiB | time vs no ckpt | step memory vs no ckpt | activation peak vs no ckpt |' \
-        if ckpt else ''
+    extra = ' time vs no ckpt | step memory vs no ckpt |' if ckpt else ''
     print(f'\n| mode | neuron path | img/s | step ms (min-max) | speed-up vs torch | {mem} MiB | step MiB | '
           f'step memory vs torch |{extra}')
-    print('|---|---|---:|---:|---:|---:|---:|---:|' + ('---:|---:|---:|---:|' if ckpt else ''))
+    print('|---|---|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if ckpt else ''))
     for row in rows:
         speed = f"{row['speedup']:.2f}x" if row.get('speedup') else '-'
         memr = f"{row['mem_ratio']:.2f}x" if row.get('mem_ratio') else '-'
         more = ''
         if ckpt:
-            more = f" {row['act_mib']:.0f} |" if row.get('act_mib') else ' - |'
-            more += ''.join(f" {row[k]:.2f}x |" if row.get(k) else ' - |'
-                            for k in ('ckpt_time', 'ckpt_mem', 'ckpt_act'))
+            more = ''.join(f" {row[k]:.2f}x |" if row.get(k) else ' - |' for k in ('ckpt_time', 'ckpt_mem'))
         print(f"| {row['mode']} | {row['path']} | {row['img_s']:.2f} | {row['step_ms']:.0f} "
               f"({row['step_ms_min']:.0f}-{row['step_ms_max']:.0f}) | {speed} | {row['peak_mib']:.0f} | "
               f"{row['step_mib']:.0f} | {memr} |{more}")
