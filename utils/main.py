@@ -5,8 +5,10 @@ folder): ``args.yaml`` (the resolved config), ``summary.csv`` (one row per epoch
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
 start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
-Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch). Each rank thus gets its own
-augmentation stream, and a run resumed at epoch k draws exactly what an uninterrupted run draws from epoch k on.
+Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch), and within an epoch every
+augmentation, mixup and random-erasing draw is keyed by (seed, rank, epoch, position) (``utils.resumable_data``).
+Each rank thus gets its own streams, and a run resumed at epoch k, or at any optimizer step of it
+(``utils.preemption``), draws exactly what an uninterrupted run draws from there on.
 """
 import csv
 import io
