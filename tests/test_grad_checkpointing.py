@@ -155,3 +155,24 @@ def test_checkpointed_ddp_with_accumulation_equals_plain():
         p.join(timeout=60)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     assert result['grad'] <= REL and result['buffers'], result
+
+
+def test_a_training_run_with_the_flag_equals_one_without(tmp_path, monkeypatch):
+    """Through train.py's path (config key, factory, engine) with gradient accumulation: the same summary.csv and
+    weights, BatchNorm statistics included."""
+    from helpers import CIFAR10_YML, SCHEDULE, TINY, read_summary, write_cifar10
+    from utils.main import train_main
+    data = write_cifar10(tmp_path / 'data')
+    argv = ['--config', CIFAR10_YML, *TINY, *SCHEDULE, '--data-dir', str(data), '--epochs', '1',
+            '--grad-accum-steps', '2']
+    train_main(argv + ['--output', str(tmp_path / 'plain')])
+    import models.activation_checkpoint as activation_checkpoint
+    checkpoint, calls = activation_checkpoint.checkpoint, []
+    monkeypatch.setattr(activation_checkpoint, 'checkpoint', lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    train_main(argv + ['--output', str(tmp_path / 'ckpt'), '--grad-checkpointing'])
+    assert calls  # the flag reached the model
+    assert read_summary(tmp_path / 'ckpt') == read_summary(tmp_path / 'plain')
+    plain, ckpt = (torch.load(tmp_path / name / 'last.pth.tar', weights_only=True)['state_dict']
+                   for name in ('plain', 'ckpt'))
+    for name, value in plain.items():
+        assert _rel(ckpt[name], value) <= REL if value.is_floating_point() else torch.equal(ckpt[name], value), name
