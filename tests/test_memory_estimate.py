@@ -60,7 +60,8 @@ def test_an_allocation_failure_during_training_is_one_screen(tmp_path, capsys, m
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you "
                            "tried to allocate 123456789 bytes.")
     monkeypatch.setattr(utils.main, 'train_one_epoch', out_of_memory)
-    refused(capsys, train_main, ['--config', CIFAR10_YML, *TINY, '--data-dir', str(data), '--epochs', '1', '--warmup-epochs', '0',
+    refused(capsys, train_main, ['--config', CIFAR10_YML, *TINY, '--data-dir', str(data), '--epochs', '1',
+                                 '--warmup-epochs', '0',
                                  '--output', str(tmp_path / 'run')],
             'out of memory on cpu', 'batch 16', "can't allocate memory", '--grad-checkpointing', '--grad-accum-steps')
 

@@ -189,8 +189,8 @@ for _name in MAY_CHANGE_ON_RESUME:
 # Memory and preemption (docs/preemption.md). None of them changes a number the run computes, so a resume may change
 # each (e.g. add --grad-checkpointing to continue on a smaller GPU).
 SCHEMA.update(
-    grad_checkpointing=_k(False, bool, 'recompute each encoder block and tokenizer stage in backward instead of keeping '
-                          'its activations: less memory, more time, the same numbers (timm\'s flag)',
+    grad_checkpointing=_k(False, bool, 'recompute each encoder block and tokenizer stage in backward instead of '
+                          'keeping its activations: less memory, more time, the same numbers (timm\'s flag)',
                           may_change_on_resume=True),
     checkpoint_interval=_k(None, float, 'minutes between mid-epoch saves of the whole run state to last.pth.tar (at an '
                            'optimizer step); null = at epoch ends only (SIGUSR1/SIGTERM always save, then stop)',
