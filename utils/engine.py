@@ -114,7 +114,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     if sums is not None:
         loss_sum, count, steps, skipped = sums['loss_sum'], sums['count'], sums['steps'], sums['skipped']
     world = dist.get_world_size() if distributed else 1
-    meter = EpochMeter(total, epoch, world, run_clock, log_interval)
+    meter = EpochMeter(total - start_batch, epoch, world, run_clock, log_interval)  # the batches left to train
     bar = _progress(loader, total, f'epoch {epoch}', is_main)
     for i, (images, targets) in enumerate(bar, start=start_batch):
         if i >= total:
