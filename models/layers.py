@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .activation_checkpoint import checkpoint_module, checkpoint_sequence
+
 MakeLIF = Callable[..., nn.Module]
 
 # Fixed attention scale of the published model (inherited from Spikformer), not 1/sqrt(head_dim): Q, K and V are
@@ -103,12 +105,21 @@ class SpikingTokenizer(nn.Module):
                            rpe=rpe and i == 3)
             for i in range(4))
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return _split_time(self.stem_bn(self.stem_conv(_merge_time(x))), x.shape[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]
-        x = _split_time(self.stem_bn(self.stem_conv(_merge_time(x))), T)
+        x = self.forward_stem(x)
         for stage in self.stages:
             x = stage(x)
         return x
+
+    def forward_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the stem and each stage recomputed in backward (``models.activation_checkpoint``)."""
+        if not torch.is_grad_enabled():
+            return self(x)
+        x = checkpoint_module(self, x, self.forward_stem)
+        return checkpoint_sequence(self.stages, x)
 
 
 def attention_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from timm.layers import trunc_normal_
 from timm.models import register_model
 from torch import nn
 
+from .activation_checkpoint import checkpoint_sequence
 from .layers import ATTENTION_SCALE, EncoderBlock, SpikingTokenizer
 from .neuron import lif
 
@@ -75,7 +76,17 @@ class SpikingformerModel(nn.Module):
         self.block = nn.ModuleList(EncoderBlock(embed_dims, num_heads, mlp_ratios, make_lif, neuron_order=neuron_order,
                                                 linear=linear, scale=attn_scale) for _ in range(depths))
         self.head = nn.Linear(embed_dims, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+        self.grad_checkpointing_tokenizer = False
         self.apply(self._init_weights)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True, tokenizer: bool = True) -> None:
+        """timm's switch: recompute each encoder block (and, with ``tokenizer``, the stem and each tokenizer stage) in
+        the backward pass instead of keeping its activations. Same loss, logits, gradients and BatchNorm statistics
+        as without (``models.activation_checkpoint``); only memory and time change. Evaluation is unaffected."""
+        self.grad_checkpointing = bool(enable)
+        self.grad_checkpointing_tokenizer = bool(enable and tokenizer)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -98,7 +109,10 @@ class SpikingformerModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Model input -> output of the last block, ``[T, B, C, H', W']``."""
-        x = self.patch_embed(self.to_time_major(x))
+        x = self.to_time_major(x)
+        x = self.patch_embed.forward_checkpointed(x) if self.grad_checkpointing_tokenizer else self.patch_embed(x)
+        if self.grad_checkpointing:
+            return checkpoint_sequence(self.block, x)
         for blk in self.block:
             x = blk(x)
         return x

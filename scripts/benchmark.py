@@ -8,13 +8,19 @@ For one variant, batch size, device and number of time steps, measures for each 
 * inference: ``eval()`` forward under ``torch.inference_mode`` (images/s, median over steps);
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the peak resident set of
   the measuring process (``ru_maxrss``), and that peak minus the resident set just before the first step ("step"
-  column: what the steps themselves add on top of the model, its inputs and the interpreter).
+  column: what the steps themselves add on top of the model, its inputs and the interpreter, the optimizer state
+  included).
 
 Every (path, mode) is measured in a fresh child process (so peak memory is that path's alone and no allocator state
 or warm cache carries over), after ``--warmup`` untimed steps, and the paths are interleaved over ``--rounds`` rounds
 (A B A B ...) so that a machine whose speed drifts (shared CPUs) affects every path alike; the reported figure is the
 median of all timed steps of all rounds. Prints a markdown table with the speed-up over the 'torch' backend and
 writes every raw timing to JSON.
+
+``--grad-checkpointing both`` measures every path without and with activation checkpointing
+(``model.set_grad_checkpointing``) side by side, and adds each row's step time and step memory relative to the same
+path without it (docs/speed.md). ``--fit-batch-sizes 1,2`` (training only) measures at two batch sizes and prints the
+straight line ``step memory = a + b * batch`` through them, the model ``utils.memory_estimate`` stores per variant.
 
     python scripts/benchmark.py --model spikingformer_cifar_4_384 --batch-size 16 --T 4 --device cpu
     python scripts/benchmark.py --model spikingformer_8_768 --batch-size 32 --device cuda --amp bf16
@@ -54,6 +60,8 @@ def worker(args) -> dict:
     if args.T:
         kwargs['T'] = args.T
     model = timm.create_model(args.model, **kwargs).to(device)
+    if args.checkpointing:
+        model.set_grad_checkpointing(True)
     size = args.img_size or model.img_size[0]
     if model.events:
         x = torch.rand(args.batch_size, model.T, model.in_channels, size, size, device=device).mul(4).floor()
@@ -101,7 +109,8 @@ def worker(args) -> dict:
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    out = dict(path=args.path, mode=args.mode, times=times, threads=torch.get_num_threads())
+    out = dict(path=args.path, mode=args.mode, times=times, threads=torch.get_num_threads(),
+               checkpointing=bool(args.checkpointing), batch_size=args.batch_size)
     if device.type == 'cuda':
         out['peak_mib'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         out['step_mib'] = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2 ** 20
@@ -155,43 +164,91 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=3, help='interleaved rounds over the paths')
     p.add_argument('--threads', type=int, default=0, help='torch threads (default: torch\'s choice)')
     p.add_argument('--json', default=None, help='where to write the results (default: print only)')
+    p.add_argument('--grad-checkpointing', choices=('off', 'on', 'both'), default='off',
+                   help='activation checkpointing of the model; both = each path without and with, side by side')
+    p.add_argument('--fit-batch-sizes', default=None,
+                   help='two training batch sizes, e.g. 1,2: fit step memory = a + b * batch through them')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--path', help=argparse.SUPPRESS)
     p.add_argument('--mode', help=argparse.SUPPRESS)
+    p.add_argument('--checkpointing', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
         print('RESULT ' + json.dumps(worker(args)), flush=True)
         return
 
+    if args.fit_batch_sizes:
+        return fit_memory(args)
     paths = args.paths.split(',') if args.paths else available_paths(args.device)
     modes = args.modes.split(',')
-    forwarded = ['--model', args.model, '--batch-size', str(args.batch_size), '--device', args.device,
+    checkpointing = {'off': [False], 'on': [True], 'both': [False, True]}[args.grad_checkpointing]
+    runs = measure(args, [(p, c) for p in paths for c in checkpointing], modes, args.batch_size)
+    report(args, runs, modes, checkpointing)
+
+
+def setup_name(path: str, checkpointing: bool) -> str:
+    return path + ('+ckpt' if checkpointing else '')
+
+
+def measure(args, setups, modes, batch_size: int) -> dict:
+    """``{(setup name, mode): [worker results]}``, each (setup, mode) in a fresh process, interleaved over rounds."""
+    forwarded = ['--model', args.model, '--batch-size', str(batch_size), '--device', args.device,
                  '--amp', args.amp, '--warmup', str(args.warmup), '--steps', str(args.steps),
                  '--threads', str(args.threads)]
     if args.T:
         forwarded += ['--T', str(args.T)]
     if args.img_size:
         forwarded += ['--img-size', str(args.img_size)]
-    runs = {(path, mode): [] for mode in modes for path in paths}
+    runs = {(setup_name(*setup), mode): [] for mode in modes for setup in setups}
     for r in range(args.rounds):
         for mode in modes:
-            for path in paths:
+            for path, ckpt in setups:
+                name = setup_name(path, ckpt)
                 cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', '--path', path, '--mode', mode]
-                proc = subprocess.run(cmd + forwarded, capture_output=True, text=True, cwd=REPO)
+                proc = subprocess.run(cmd + forwarded + (['--checkpointing'] if ckpt else []), capture_output=True,
+                                      text=True, cwd=REPO)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
                 if proc.returncode or not lines:
-                    sys.exit(f'worker {path}/{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}')
+                    sys.exit(f'worker {name}/{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}')
                 res = json.loads(lines[-1][len('RESULT '):])
-                runs[(path, mode)].append(res)
+                runs[(name, mode)].append(res)
                 med = statistics.median(res['times'])
-                print(f'round {r + 1}/{args.rounds} {mode:5s} {path:6s} {args.batch_size / med:8.2f} img/s '
-                      f'(median {med * 1e3:.0f} ms) peak {res["peak_mib"]:.0f} MiB', file=sys.stderr, flush=True)
+                print(f'round {r + 1}/{args.rounds} batch {batch_size} {mode:5s} {name:11s} '
+                      f'{batch_size / med:8.2f} img/s (median {med * 1e3:.0f} ms) peak {res["peak_mib"]:.0f} MiB, '
+                      f'step {res["step_mib"]:.0f} MiB', file=sys.stderr, flush=True)
+    return runs
 
+
+def fit_memory(args) -> None:
+    """Training step memory of each checkpointing setting at two batch sizes, and the line through them."""
+    sizes = [int(b) for b in args.fit_batch_sizes.split(',')]
+    if len(sizes) != 2 or sizes[0] == sizes[1]:
+        sys.exit('--fit-batch-sizes takes two different batch sizes, e.g. 1,2')
+    path = (args.paths or 'fused').split(',')[0]
+    checkpointing = {'off': [False], 'on': [True], 'both': [False, True]}[args.grad_checkpointing]
+    fits = {}
+    for ckpt in checkpointing:
+        name = setup_name(path, ckpt)
+        step = [statistics.median(r['step_mib'] for r in measure(args, [(path, ckpt)], ['train'], b)[(name, 'train')])
+                for b in sizes]
+        b = (step[1] - step[0]) / (sizes[1] - sizes[0])
+        fits[name] = dict(a_mib=step[0] - b * sizes[0], b_mib=b, step_mib=dict(zip(sizes, step)))
+        print(f'{args.model} T={args.T or "default"} img {args.img_size or "default"} {name}: step memory '
+              f'{step[0]:.0f} MiB at batch {sizes[0]}, {step[1]:.0f} MiB at batch {sizes[1]}: '
+              f'{fits[name]["a_mib"]:.0f} + {b:.1f} * batch MiB', flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(model=args.model, T=args.T, img_size=args.img_size,
+                                                   device=args.device, amp=args.amp, path=path, fits=fits,
+                                                   machine=machine(args.device)), indent=1))
+
+
+def report(args, runs: dict, modes, checkpointing) -> None:
     rows = []
+    names = list(dict.fromkeys(name for name, _ in runs))
     for mode in modes:
         base = None
-        for path in paths:
+        for path in names:
             rs = runs[(path, mode)]
             times = [t for res in rs for t in res['times']]
             med = statistics.median(times)
@@ -206,21 +263,31 @@ def main(argv=None):
             if row['mode'] == mode:
                 row['speedup'] = row['img_s'] / base['img_s'] if base else None
                 row['mem_ratio'] = row['step_mib'] / base['step_mib'] if base and base['step_mib'] > 0 else None
+                plain = next((r for r in rows if r['mode'] == mode and r['path'] == row['path'].split('+')[0]), None)
+                if row['path'].endswith('+ckpt') and plain is not None:
+                    row['ckpt_time'] = row['step_ms'] / plain['step_ms']
+                    row['ckpt_mem'] = row['step_mib'] / plain['step_mib'] if plain['step_mib'] > 0 else None
 
     config = dict(model=args.model, batch_size=args.batch_size, T=args.T, img_size=args.img_size,
-                  device=args.device, amp=args.amp, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+                  device=args.device, amp=args.amp, warmup=args.warmup, steps=args.steps, rounds=args.rounds,
+                  grad_checkpointing=args.grad_checkpointing)
     mem = 'peak GPU memory' if args.device.startswith('cuda') else 'peak RSS'
     print(f"\n{args.model}, batch {args.batch_size}, T={args.T or 'default'}, {args.device}, amp {args.amp}: "
           f"median of {args.rounds}x{args.steps} steps")
+    ckpt = True in checkpointing and False in checkpointing
+    extra = ' time vs no ckpt | step memory vs no ckpt |' if ckpt else ''
     print(f'\n| mode | neuron path | img/s | step ms (min-max) | speed-up vs torch | {mem} MiB | step MiB | '
-          f'step memory vs torch |')
-    print('|---|---|---:|---:|---:|---:|---:|---:|')
+          f'step memory vs torch |{extra}')
+    print('|---|---|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if ckpt else ''))
     for row in rows:
         speed = f"{row['speedup']:.2f}x" if row.get('speedup') else '-'
         memr = f"{row['mem_ratio']:.2f}x" if row.get('mem_ratio') else '-'
+        more = ''
+        if ckpt:
+            more = ''.join(f" {row[k]:.2f}x |" if row.get(k) else ' - |' for k in ('ckpt_time', 'ckpt_mem'))
         print(f"| {row['mode']} | {row['path']} | {row['img_s']:.2f} | {row['step_ms']:.0f} "
               f"({row['step_ms_min']:.0f}-{row['step_ms_max']:.0f}) | {speed} | {row['peak_mib']:.0f} | "
-              f"{row['step_mib']:.0f} | {memr} |")
+              f"{row['step_mib']:.0f} | {memr} |{more}")
     if args.json:
         out = dict(config=config, machine=machine(args.device), results=rows,
                    raw={f'{p}/{m}': v for (p, m), v in runs.items()})

@@ -6,6 +6,8 @@
 #      processes over NCCL (skipped with fewer than 2 GPUs), the benchmark script on every path;
 #   2. throughput and peak memory: scripts/benchmark.py, training img/s per neuron path, for 8-768 at 224x224 and
 #      4-384 at 32x32, float32 and float16 autocast (the published recipes train with fp16 AMP);
+#      and the step memory of the published per-GPU batches without and with --grad-checkpointing (8-768 at 24,
+#      fp16; DVS 2-256 at 16, T=16, fp32), which replaces the CPU estimates of docs/speed.md;
 #   3. one summary table of both (utils/gpu_report.py), printed and written to OUT_DIR/summary.md.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (default output/gpu_check of the checkout; a relative OUT_DIR is taken
 #        from where you call it; also pytest.txt, gpu_tests.xml, gpu_tests.json, bench_*.json/.md/.log there).
@@ -66,6 +68,8 @@ if [ "$DEVICE" = cuda ]; then
   bench 8_768_fp16 --model spikingformer_8_768 --batch-size 16 --amp fp16
   bench 4_384_fp32 --model spikingformer_cifar_4_384 --batch-size 64
   bench 4_384_fp16 --model spikingformer_cifar_4_384 --batch-size 64 --amp fp16
+  bench 8_768_fp16_ckpt --model spikingformer_8_768 --batch-size 24 --amp fp16 --paths fused --grad-checkpointing both
+  bench dvs_2_256_ckpt --model spikingformer_dvs_2_256 --batch-size 16 --paths fused --grad-checkpointing both
 else
   bench dry_run --model spikingformer_cifar_4_384 --batch-size 2 --T 1 --img-size 16 --amp fp16 --warmup 0 --steps 1
 fi

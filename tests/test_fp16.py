@@ -54,7 +54,9 @@ def test_float16_trains_like_float32(runs):
     assert 'amp float16, evaluation in float16' in (root / 'fp16' / 'log.txt').read_text()
     fp16, fp32 = ([float(r['train_loss']) for r in read_summary(root / name)] for name in ('fp16', 'fp32'))
     assert fp16[-1] < 0.75 * fp16[0]  # it learns (about 2.26 -> 1.46)
-    assert abs(fp16[-1] - fp32[-1]) < 0.15  # as float32 does
+    # as float32 does: over seeds 1-5 the final losses of these 6-epoch runs differ by up to 0.15 (per-worker
+    # augmentation streams) and up to 0.28 (the keyed streams of utils.resumable_data): rounding chaos, not a trend
+    assert abs(fp16[-1] - fp32[-1]) < 0.3
     scaler = torch.load(root / 'fp16' / 'last.pth.tar', weights_only=True)['amp_scaler']
     # the default scaler never overflowed this tiny model: 6 epochs x 5 batches, every step counted towards growth
     assert scaler['scale'] == 2.0 ** 16 and scaler['_growth_tracker'] == 30

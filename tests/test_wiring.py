@@ -26,6 +26,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 def mixing_collate(loader):
     """The training loader's collate function when it mixes (images), else None."""
     collate = getattr(getattr(loader, 'loader', loader), 'collate_fn', None)
+    collate = getattr(collate, 'collate', collate)  # inside utils.resumable_data's keyed (per-batch) seeding
     return collate if isinstance(collate, FastCollateMixup) else None
 
 
@@ -132,6 +133,7 @@ def mixing_statistics(mix, draws: int, classes: int, smoothing: float) -> dict:
     lambda (1 - lambda) of the blends (a / (4a + 2) for mixup alpha a)."""
     state = np.random.get_state()
     np.random.seed(0)  # timm draws from NumPy's global generator
+    mix = getattr(mix, 'function', mix)  # the Mixup itself, without utils.resumable_data's per-batch seeding
     try:
         return _mixing_statistics(mix, draws, classes, smoothing)
     finally:

@@ -14,7 +14,8 @@ the best epoch while ``model_best.pth.tar`` holds an older one; the next start r
 temporary files (``utils.run_folder``). Files are never rewritten in place, so a link shared by both names is safe.
 
 Exact resume needs nothing more: the learning rate follows from the epoch, and every epoch reseeds all random
-generators from (seed, rank, epoch) (see ``utils.main``), so no generator state is stored.
+generators from (seed, rank, epoch) (see ``utils.main``), so no generator state is stored. A mid-epoch checkpoint
+adds an ``in_epoch`` entry (``utils.preemption``).
 """
 import os
 import shutil

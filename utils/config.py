@@ -189,6 +189,18 @@ MAY_CHANGE_ON_RESUME = ('data_dir', 'dataset_download', 'val_batch_size', 'worke
                         'limit_train_batches', 'limit_eval_batches', 'trust_checkpoint', 'local_rank')
 for _name in MAY_CHANGE_ON_RESUME:
     SCHEMA[_name] = dataclasses.replace(SCHEMA[_name], may_change_on_resume=True)
+# Memory and preemption (docs/preemption.md). None of them changes a number the run computes, so a resume may change
+# each (e.g. add --grad-checkpointing to continue on a smaller GPU).
+SCHEMA.update(
+    grad_checkpointing=_k(False, bool, 'recompute each encoder block and tokenizer stage in backward instead of '
+                          'keeping its activations: less memory, more time, the same numbers (timm\'s flag)',
+                          may_change_on_resume=True),
+    checkpoint_interval=_k(None, float, 'minutes between mid-epoch saves of the whole run state to last.pth.tar (at an '
+                           'optimizer step); null = at epoch ends only (SIGUSR1/SIGTERM always save, then stop)',
+                           nullable=True, bounds=POSITIVE, may_change_on_resume=True),
+    memory_check=_k(True, bool, 'before the first batch, refuse a run whose estimated step memory exceeds the '
+                    'device\'s free memory (utils.memory_estimate)', may_change_on_resume=True),
+)
 # The keys of one invocation rather than of the run: never taken from the config a checkpoint records.
 INVOCATION_KEYS = ('output', 'resume', 'checkpoint', 'use_ema', 'trust_checkpoint', 'local_rank')
 # The keys that name files or folders: a leading `~` is expanded wherever the value comes from (a quoted path, a

@@ -31,6 +31,7 @@ from .data_checks import check_batches, check_datasets
 from .errors import DataError
 from .image_files import ImageFiles
 from .rand_augment_ops import restrict_rand_augment
+from .resumable_data import EpochKey, SeededSamples, make_resumable
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -322,6 +323,7 @@ def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: 
     train_ds, eval_ds = build_datasets(cfg)
     check_batches(cfg, train_ds, world)
     device = _device(device)
+    train_ds = SeededSamples(train_ds, EpochKey(cfg.seed, rank))  # an epoch that can resume at any batch
     if cfg.dataset in DVS_DATASETS:
         mixup_fn = build_mixup(cfg)
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, seed=cfg.seed) if distributed else None
@@ -338,4 +340,8 @@ def build_loaders(cfg: Config, distributed: bool = False, rank: int = 0, world: 
         if distributed:  # timm's sampler has seed 0 and the default rank; make it follow the config
             train_loader.sampler.seed = cfg.seed
         restrict_rand_augment(train_loader.dataset.transform, cfg.aa_ops, cfg.aa)
+    # every random draw keyed by (seed, rank, epoch, position): train_loader.resumable.start_epoch before each epoch
+    train_loader.resumable, batch_mixup = make_resumable(train_loader, device, None if mixes_in_loader(mixup_fn)
+                                                         else mixup_fn)
+    mixup_fn = mixup_fn if mixes_in_loader(mixup_fn) else batch_mixup
     return train_loader, _eval_loader(cfg, eval_ds, rank, world, device), mixup_fn

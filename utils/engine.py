@@ -81,7 +81,8 @@ def optimizer_step(optimizer, scaler=None) -> bool:
 def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epoch: int, *, mixup_fn=None,
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, ema=None, limit_batches: Optional[int] = None,
                     log_interval: int = 50, is_main: bool = True, distributed: bool = False,
-                    log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None) -> dict:
+                    log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None,
+                    start_batch: int = 0, sums: Optional[dict] = None, at_step: Optional[Callable] = None) -> dict:
     """Train one epoch; returns ``dict(loss, lr, samples, img_s, seconds, steps, skipped_steps)`` (loss averaged
     over all samples of all ranks).
 
@@ -100,15 +101,22 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     does not pull it once more towards unchanged weights (with its decay per update, it would otherwise count
     steps that did not happen). Under DDP every rank sees the same all-reduced gradients, hence skips the same
     steps. ``steps`` and ``skipped_steps`` in the result count the optimizer steps of the epoch and those skipped.
+
+    Mid-epoch resume (``utils.preemption``): ``start_batch`` is the first batch to train (the loader then starts
+    there, ``utils.resumable_data``) and ``sums`` the recorded ``loss_sum``, ``count``, ``steps`` and ``skipped`` of
+    the batches before it; ``at_step(next_batch, sums)`` is called after every optimizer step with the same sums (it
+    may save the state and stop the run).
     """
     model.train()
     total = _num_batches(loader, limit_batches)
     lr = optimizer.param_groups[0]['lr']
     loss_sum, count, steps, skipped = 0.0, 0, 0, 0
+    if sums is not None:
+        loss_sum, count, steps, skipped = sums['loss_sum'], sums['count'], sums['steps'], sums['skipped']
     world = dist.get_world_size() if distributed else 1
-    meter = EpochMeter(total, epoch, world, run_clock, log_interval)
+    meter = EpochMeter(total - start_batch, epoch, world, run_clock, log_interval)  # the batches left to train
     bar = _progress(loader, total, f'epoch {epoch}', is_main)
-    for i, (images, targets) in enumerate(bar):
+    for i, (images, targets) in enumerate(bar, start=start_batch):
         if i >= total:
             break
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -145,6 +153,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
             bar.set_postfix(meter.postfix(loss_sum / count, lr), refresh=False)
         elif is_main and meter.log_due():
             log(meter.line(loss_sum / count, lr))
+        if last_of_group and at_step is not None:
+            at_step(i + 1, dict(loss_sum=loss_sum, count=count, steps=steps, skipped=skipped))
     bar.close()
     seconds = meter.elapsed
     loss_sum, count = _all_sum([loss_sum, count], device, distributed)

@@ -130,4 +130,7 @@ def build_model(cfg: Config) -> nn.Module:
     overrides (num_heads, embed_dims, depths) of the config; ``num_classes`` null keeps the variant's. The name and
     the input layout are checked first (:func:`check_model`)."""
     check_model(cfg)
-    return _create(cfg)
+    model = _create(cfg)
+    if cfg.grad_checkpointing:  # as timm's train.py: after creation, through the model's own switch
+        model.set_grad_checkpointing(True)
+    return model

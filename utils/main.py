@@ -7,8 +7,10 @@ on ``--resume`` the resumed run's folder; claimed by rank 0 for the run's life: 
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
 start checks before it writes, and what a resume may change: ``utils.run_folder``.
 
-Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch). Each rank thus gets its own
-augmentation stream, and a run resumed at epoch k draws exactly what an uninterrupted run draws from epoch k on.
+Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch), and within an epoch every
+augmentation, mixup and random-erasing draw is keyed by (seed, rank, epoch, position) (``utils.resumable_data``).
+Each rank thus gets its own streams, and a run resumed at epoch k, or at any optimizer step of it
+(``utils.preemption``), draws exactly what an uninterrupted run draws from there on.
 """
 import csv
 import io
@@ -28,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .atomic import append_text, replace_atomically
-from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
+from .checkpoint import BEST, LAST, make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
@@ -40,6 +42,9 @@ from .factory import architecture_label, architecture_overrides, build_model, ch
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .finished_run import finished_message, needs_repair
 from .input_checks import check_augment_policy
+from .memory_estimate import check_step_memory, out_of_memory_reported
+from .preemption import (StopRequests, check_in_epoch, in_epoch_state, restore_signal_handlers, stop,
+                         stop_line)
 from .progress import RunClock, format_duration
 from .provenance import file_sha256, record_run_start, run_provenance
 from .run_claim import make_default_folder, release_claims, timestamp, unique_suffix
@@ -209,6 +214,7 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
         raise
     finally:
         release_claims()  # the run folder's claim (utils.run_claim), taken by rank 0
+        restore_signal_handlers()
         cleanup_distributed()
 
 
@@ -226,6 +232,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         finished = None
         check_model(cfg)  # the name and the input layout, before any data is read or folder written
         check_augment_policy(cfg)
+        memory_note = check_step_memory(cfg, device, info.world if device.type == 'cpu' else 1)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
             batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
@@ -272,10 +279,14 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         # created before a resume loads the optimizer state, so the schedule follows this run's config
         scheduler, num_epochs = build_schedule(optimizer, cfg)
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-        start_epoch, best_metric, best_epoch = 0, None, None
+        start_epoch, best_metric, best_epoch, in_epoch, last_metric = 0, None, None, None, None
         if resume is not None:
             start_epoch, best_metric, best_epoch = resume_checkpoint(resume.checkpoint, resume.path, model,
                                                                      optimizer, scaler, ema)
+            last_metric = resume.checkpoint.get('metric')
+            if 'in_epoch' in resume.checkpoint:  # saved between two optimizer steps of start_epoch
+                in_epoch = check_in_epoch(resume.checkpoint['in_epoch'], resume.path, start_epoch, info.world,
+                                          info.rank)
             resume.checkpoint = None  # free its memory
         scheduler.step(start_epoch)
 
@@ -296,7 +307,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         if info.distributed else model
     log = RunLog(cfg.output, info.is_main)
     if resume is not None:
-        log(f'resumed from {resume.path} at epoch {start_epoch}')
+        log(f'resumed from {resume.path} at epoch {start_epoch}' + (f', batch {in_epoch["batch"]}' if in_epoch
+                                                                    else ''))
         if batch_note:
             log(batch_note)
     if loaded:
@@ -314,18 +326,47 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
     if cfg.grad_accum_steps > 1:
         log(f'gradient accumulation: {cfg.grad_accum_steps} batches per optimizer step, global batch {cfg.batch_size} '
             f'x {info.world} x {cfg.grad_accum_steps} = {cfg.batch_size * info.world * cfg.grad_accum_steps}')
+    if memory_note:
+        log(memory_note)
     clock = RunClock(num_epochs)
 
+    stops = StopRequests(cfg.checkpoint_interval, device, info.distributed)
+    last_path = os.path.join(cfg.output, LAST)
+
+    def at_step(next_batch: int, sums: dict) -> None:
+        """After an optimizer step: the mid-epoch save of utils.preemption when the interval or a signal asks."""
+        request = stops.poll()
+        if request is None:
+            return
+        state = make_checkpoint(model, optimizer, epoch - 1, cfg, last_metric, best_metric, best_epoch, scaler, ema,
+                                info.world, provenance)
+        state['in_epoch'] = in_epoch_state(epoch, next_batch, sums, device, info.distributed)
+        with fail_together(info):
+            if info.is_main:
+                save_run_checkpoint(cfg.output, state, False)
+        stops.saved()
+        if request:
+            total = len(train_loader) if cfg.limit_train_batches is None else \
+                min(len(train_loader), cfg.limit_train_batches)
+            stop(request, stop_line(request, epoch, next_batch, total, last_path, info.world), log)
+        log(f'epoch {epoch}: saved the state after batch {next_batch} to {last_path} (--checkpoint-interval)')
+
+    stops.install()  # until train_main returns (restore_signal_handlers in its finally)
     for epoch in range(start_epoch, num_epochs):
         clock.start_epoch()
         seed_everything(cfg.seed, info.rank, epoch)
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
         set_mixup_epoch(mixup_fn, cfg, epoch)
-        train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
-                                amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
-                                log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
-                                log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock)
+        first_batch = in_epoch['batch'] if in_epoch and epoch == start_epoch else 0
+        train_loader.resumable.start_epoch(epoch, first_batch)
+        with out_of_memory_reported(cfg, device):
+            train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
+                                    amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
+                                    log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
+                                    log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock,
+                                    start_batch=first_batch, sums=in_epoch['sums'] if first_batch else None,
+                                    at_step=at_step)
         if train['skipped_steps']:
             log(f'epoch {epoch}: the float16 gradient scaler skipped {train["skipped_steps"]} of {train["steps"]} '
                 f'optimizer steps (inf/NaN gradients; weights and EMA unchanged there), loss scale now '
@@ -357,11 +398,15 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
                 if resume is not None and epoch == start_epoch:  # the config the checkpoints now train with
                     save_run_config(cfg)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+        stops.saved()
+        last_metric = metrics['top1']
         clock.end_epoch(train['seconds'])
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
             f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
             f'best top-1 {best_metric:.2f}% (epoch {best_epoch}) | {format_duration(clock.elapsed())} elapsed, '
             f'{format_duration(clock.remaining_after(epoch))} remaining')
+        if stops.signal is not None and epoch + 1 < num_epochs:  # it came during evaluation or the save
+            stop(stops.signal, stop_line(stops.signal, epoch, None, None, last_path, info.world), log)
     if best_metric is not None:
         if not info.is_main or best_file_epoch(cfg.output) == best_epoch:
             files = f'summary.csv, {BEST}, last.pth.tar'
