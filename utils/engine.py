@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import model_parameters
+from timm.utils import dispatch_clip_grad, unwrap_model
 from tqdm import tqdm
 
 from .errors import DataError, NonFiniteLossError
@@ -58,11 +60,18 @@ def accumulation_group_size(batch: int, total: int, steps: int) -> int:
     return remainder if remainder and batch >= total - remainder else steps
 
 
-def optimizer_step(optimizer, scaler=None) -> bool:
+def optimizer_step(optimizer, scaler=None, clip_grad: Optional[float] = None, clip_mode: str = 'norm',
+                   clip_parameters=None) -> bool:
     """One optimizer step, through the gradient scaler when there is one; returns whether the weights were updated.
 
-    With a scaler (float16), ``scaler.step`` unscales the gradients (once: the project has no gradient clipping, so
-    nothing unscales them earlier) and skips the step when any is inf or NaN, and ``scaler.update`` then lowers the
+    Gradient clipping (``clip_grad``, timm's ``dispatch_clip_grad`` with ``clip_mode`` norm, value or agc, on
+    ``clip_parameters``) acts on the true gradients: under a scaler they are unscaled first (``scaler.unscale_``,
+    which also records inf/NaN for the step; ``scaler.step`` then does not unscale again), as timm's
+    ``NativeScaler`` does. It is called once per optimizer step, so with gradient accumulation it clips the summed
+    gradients at the group's boundary.
+
+    With a scaler (float16), ``scaler.step`` unscales the gradients (unless clipping unscaled
+    them already) and skips the step when any is inf or NaN, and ``scaler.update`` then lowers the
     scale by its backoff factor. That is how a skipped step is detected: the scale went down. This is the scaler's
     normal working, not divergence (a run may skip a few steps at the start, while the scale falls from 2^16 to
     what its gradients allow), so it is counted, not stopped on: the NaN stop of :func:`train_one_epoch` looks at the
@@ -70,9 +79,14 @@ def optimizer_step(optimizer, scaler=None) -> bool:
     synchronisation that matters.
     """
     if scaler is None:
+        if clip_grad is not None:
+            dispatch_clip_grad(clip_parameters, clip_grad, clip_mode)
         optimizer.step()
         return True
     scale = scaler.get_scale()
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        dispatch_clip_grad(clip_parameters, clip_grad, clip_mode)
     scaler.step(optimizer)
     scaler.update()
     return scaler.get_scale() >= scale
@@ -81,7 +95,8 @@ def optimizer_step(optimizer, scaler=None) -> bool:
 def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epoch: int, *, mixup_fn=None,
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, ema=None, limit_batches: Optional[int] = None,
                     log_interval: int = 50, is_main: bool = True, distributed: bool = False,
-                    log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None) -> dict:
+                    log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None,
+                    clip_grad: Optional[float] = None, clip_mode: str = 'norm', channels_last: bool = False) -> dict:
     """Train one epoch; returns ``dict(loss, lr, samples, img_s, seconds, steps, skipped_steps)`` (loss averaged
     over all samples of all ranks).
 
@@ -100,6 +115,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     does not pull it once more towards unchanged weights (with its decay per update, it would otherwise count
     steps that did not happen). Under DDP every rank sees the same all-reduced gradients, hence skips the same
     steps. ``steps`` and ``skipped_steps`` in the result count the optimizer steps of the epoch and those skipped.
+
+    ``clip_grad``/``clip_mode``: :func:`optimizer_step` (for agc without the head, as timm). ``channels_last``:
+    image batches are made channels-last (the model is, see ``utils.timm_flags.prepare_model``).
     """
     model.train()
     total = _num_batches(loader, limit_batches)
@@ -107,6 +125,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     loss_sum, count, steps, skipped = 0.0, 0, 0, 0
     world = dist.get_world_size() if distributed else 1
     meter = EpochMeter(total, epoch, world, run_clock, log_interval)
+    clip_parameters = list(model_parameters(unwrap_model(model), exclude_head=clip_mode == 'agc')) \
+        if clip_grad is not None else None
     bar = _progress(loader, total, f'epoch {epoch}', is_main)
     for i, (images, targets) in enumerate(bar):
         if i >= total:
@@ -114,6 +134,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         group = accumulation_group_size(i, total, grad_accum_steps)
         last_of_group = (i + 1) % grad_accum_steps == 0 or i + 1 == total
         with model.no_sync() if hasattr(model, 'no_sync') and not last_of_group else contextlib.nullcontext():
@@ -133,11 +155,11 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
                 loss = loss / group
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if last_of_group:
-            stepped = optimizer_step(optimizer, scaler)
+            stepped = optimizer_step(optimizer, scaler, clip_grad, clip_mode, clip_parameters)
             steps += 1
             skipped += not stepped
             if ema is not None and stepped:
-                ema.update(model.module if hasattr(model, 'module') else model)
+                ema.update(unwrap_model(model))  # without DDP's and torch.compile's wrappers
         loss_sum += value * images.shape[0]
         count += images.shape[0]
         meter.update(images.shape[0])
@@ -156,7 +178,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
 
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             limit_batches: Optional[int] = None, distributed: bool = False, is_main: bool = True) -> dict:
+             limit_batches: Optional[int] = None, distributed: bool = False, is_main: bool = True,
+             channels_last: bool = False) -> dict:
     """``dict(top1, top5, loss, samples)``: accuracies in percent and the mean plain cross-entropy, summed over the
     batches of every rank (each rank evaluates its own shard) and divided once, so the numbers are exact."""
     model.eval()
@@ -166,6 +189,8 @@ def evaluate(model, loader, device: torch.device, amp_dtype: Optional[torch.dtyp
         if i >= total:
             break
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp_dtype):
             output = model(images)
         output = output.float()

@@ -27,6 +27,7 @@ from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
 from .atomic import replace_atomically
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
+from .checkpoint_history import keep_history
 from .config import Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
@@ -39,6 +40,8 @@ from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
+from .timm_flags import (check_experiment, check_wandb, compile_model, fit_schedule, prepare_model, run_folder_name,
+                         wandb_logger)
 
 SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
 EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
@@ -104,7 +107,7 @@ def check_optimizer_and_schedule(cfg: Config) -> None:
 
 
 def default_output(cfg: Config, kind: str) -> str:
-    return os.path.join('output', kind, f'{time.strftime("%Y%m%d-%H%M%S")}-{cfg.dataset}-{cfg.model}')
+    return os.path.join('output', kind, run_folder_name(cfg))
 
 
 class RunLog:
@@ -183,15 +186,18 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     resume = None
     if cfg.resume:
         cfg, resume = open_resume(cfg, argv)
+    check_experiment(cfg)
+    schedule_note = fit_schedule(cfg)
     check_cross_keys(cfg)
+    check_wandb(cfg)
     info = init_distributed(cfg)
     try:
-        return _train(cfg, info, resume)
+        return _train(cfg, info, resume, [schedule_note] if schedule_note else [])
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
+def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequence[str] = ()) -> dict:
     """The run. Under several processes each start-up step is a :class:`fail_together` block, so that a failure in
     one process (rank 0's checks and writes of the run folder included) stops them all with one message, and the
     run folder is written (rank 0) only once every process has its data, model and checkpoint."""
@@ -229,6 +235,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) \
             if initial_checkpoint else None
         model = model.to(device)
+        model, model_notes = prepare_model(model, cfg, info.distributed)  # sync_bn, channels_last
         optimizer = build_optimizer(model, cfg)
         # created before a resume loads the optimizer state, so the schedule follows this run's config
         scheduler, num_epochs = build_schedule(optimizer, cfg)
@@ -241,18 +248,20 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         scheduler.step(start_epoch)
 
     # the run folder is written only once the config, checkpoint, data and output are known to be good
-    notes, rows = [], []
+    notes, rows = list(notes) + model_notes, []
     summary_path = os.path.join(cfg.output, 'summary.csv')
     with fail_together(info):
         if info.is_main:
-            check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
-            notes = start_folder(cfg, resume)
+            check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema), cfg.checkpoint_hist)
+            notes += start_folder(cfg, resume)
             with writing(cfg.output, 'The run has not started.'):
                 write_sample_files(cfg.output, train_loader.dataset, eval_loader.dataset.dataset)
             rows = _read_summary(summary_path, start_epoch)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
         if info.distributed else model
+    train_model, eval_model = compile_model(ddp_model, cfg), compile_model(model, cfg)  # as is without --torchcompile
     log = RunLog(cfg.output, info.is_main)
+    log_wandb = wandb_logger(cfg, info.is_main)
     if resume is not None:
         log(f'resumed from {resume.path} at epoch {start_epoch}')
         if batch_note:
@@ -277,10 +286,11 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
         if hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
         set_mixup_epoch(mixup_fn, cfg, epoch)
-        train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
+        train = train_one_epoch(train_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
                                 amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
                                 log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
-                                log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock)
+                                log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock,
+                                clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode, channels_last=cfg.channels_last)
         if train['skipped_steps']:
             log(f'epoch {epoch}: the float16 gradient scaler skipped {train["skipped_steps"]} of {train["steps"]} '
                 f'optimizer steps (inf/NaN gradients; weights and EMA unchanged there), loss scale now '
@@ -290,8 +300,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
             if ema is not None:
                 sync_bn_stats(ema.module, cfg.dist_bn, info.world)
         kwargs = dict(amp_dtype=eval_dtype, limit_batches=cfg.limit_eval_batches, distributed=info.distributed,
-                      is_main=info.is_main)
-        metrics = evaluate(model, eval_loader, device, **kwargs)
+                      is_main=info.is_main, channels_last=cfg.channels_last)
+        metrics = evaluate(eval_model, eval_loader, device, **kwargs)
         row = dict(epoch=epoch, train_loss=train['loss'], eval_loss=metrics['loss'], eval_top1=metrics['top1'],
                    eval_top5=metrics['top5'], lr=train['lr'])
         if ema is not None:
@@ -309,7 +319,10 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume]) -> dict:
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
                                         scaler, ema, info.world)
                 save_run_checkpoint(cfg.output, state, is_best)
+                keep_history(cfg.output, epoch, cfg.checkpoint_hist)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+                if log_wandb is not None:
+                    log_wandb({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         clock.end_epoch(train['seconds'])
         log(f'epoch {epoch}: train loss {train["loss"]:.4f}, lr {train["lr"]:.3g}, {train["img_s"]:.1f} img/s | '
             f'eval loss {metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}% | '
