@@ -5,7 +5,8 @@
 #      training step with the CUDA gradient scaler per tokenizer layout, a whole run and test.py on CUDA, two
 #      processes over NCCL (skipped with fewer than 2 GPUs), the benchmark script on every path;
 #   2. throughput and peak memory: scripts/benchmark.py, training img/s per neuron path, for 8-768 at 224x224 and
-#      4-384 at 32x32, float32 and float16 autocast (the published recipes train with fp16 AMP);
+#      4-384 at 32x32, float32 and float16 autocast (the published recipes train with fp16 AMP); the opt-ins
+#      --channels-last and --torchcompile (inductor) against the plain fused path, 4-384 and 8-768 in float16;
 #   3. one summary table of both (utils/gpu_report.py), printed and written to OUT_DIR/summary.md.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (default output/gpu_check of the checkout; a relative OUT_DIR is taken
 #        from where you call it; also pytest.txt, gpu_tests.xml, gpu_tests.json, bench_*.json/.md/.log there).
@@ -66,6 +67,10 @@ if [ "$DEVICE" = cuda ]; then
   bench 8_768_fp16 --model spikingformer_8_768 --batch-size 16 --amp fp16
   bench 4_384_fp32 --model spikingformer_cifar_4_384 --batch-size 64
   bench 4_384_fp16 --model spikingformer_cifar_4_384 --batch-size 64 --amp fp16
+  bench 4_384_fp16_opt_ins --model spikingformer_cifar_4_384 --batch-size 64 --amp fp16 \
+    --paths fused,fused+channels_last,fused+compile
+  bench 8_768_fp16_opt_ins --model spikingformer_8_768 --batch-size 16 --amp fp16 \
+    --paths fused,fused+channels_last,fused+compile
 else
   bench dry_run --model spikingformer_cifar_4_384 --batch-size 2 --T 1 --img-size 16 --amp fp16 --warmup 0 --steps 1
 fi
