@@ -38,6 +38,7 @@ from .errors import UserError, free_space_text, writing
 from .factory import build_model
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .progress import RunClock, format_duration
+from .results_file import append_row, check_results_file
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, open_resume, start_folder)
 from .timm_flags import (check_experiment, check_wandb, compile_model, fit_schedule, prepare_model, run_folder_name,
@@ -368,10 +369,14 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     amp_dtype, _ = amp_setup(cfg, device)
     output = cfg.output or default_output(cfg, 'test')
     check_output_location(output)
+    if cfg.results_file:
+        check_results_file(cfg.results_file)
     model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
+    started = time.perf_counter()
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
+    seconds = time.perf_counter() - started
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
                    checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
     print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
@@ -379,5 +384,11 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     path = os.path.join(output, 'results.json')
     write_text(path, json.dumps(results, indent=2), 'The metrics printed above were not saved.')
     print(f'results: {path}')
+    if cfg.results_file:  # timm's validate.py columns, and the checkpoint's hash (utils.provenance)
+        from .provenance import file_sha256
+        append_row(cfg.results_file, dict(results, param_count=sum(p.numel() for p in model.parameters()),
+                                          img_per_sec=metrics['samples'] / max(seconds, 1e-9),
+                                          sha256=file_sha256(cfg.checkpoint)))
+        print(f'row added to {cfg.results_file}')
     return results
 
