@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
+from .allow_change import allowed_keys, apply_allowed_changes, describe
 from .atomic import replace_atomically
 from .checkpoint import BEST, make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .checkpoint_history import keep_history
@@ -187,6 +188,7 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     resume = None
     if cfg.resume:
         cfg, resume = open_resume(cfg, argv)
+    allowed_keys(cfg)  # --allow-change names only keys that may change mid-run, and only with --resume
     check_experiment(cfg)
     schedule_note = fit_schedule(cfg)
     check_cross_keys(cfg)
@@ -211,12 +213,14 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequenc
         check_optimizer_and_schedule(cfg)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
-            batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
+            recorded, run_changes = apply_allowed_changes(resume.recorded, cfg, resume.progress['epoch'] + 1)
+            run_changes = list(resume.checkpoint.get('changes') or []) + run_changes  # this run's, in order
+            batch_note = check_same_recipe(recorded, cfg, info.world, resume.world)
             initial_checkpoint = None
             if info.is_main:
                 check_output_location(cfg.output)
         else:
-            initial_checkpoint = initial_checkpoint_to_load(cfg)
+            initial_checkpoint, run_changes = initial_checkpoint_to_load(cfg), []
             cfg.output = cfg.output or default_output(cfg, 'train')
             if info.is_main:
                 check_fresh_output(cfg.output)
@@ -264,7 +268,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequenc
     log = RunLog(cfg.output, info.is_main)
     log_wandb = wandb_logger(cfg, info.is_main)
     if resume is not None:
-        log(f'resumed from {resume.path} at epoch {start_epoch}')
+        log(f'resumed from {resume.path} at epoch {start_epoch}'
+            f'{f"; deliberate changes (--allow-change): {describe(run_changes)}" if run_changes else ""}')
         if batch_note:
             log(batch_note)
     if loaded:
@@ -319,6 +324,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequenc
                 _write_summary(summary_path, rows, columns)
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
                                         scaler, ema, info.world)
+                if run_changes:  # the run's record of its deliberate changes (utils.allow_change)
+                    state['changes'] = run_changes
                 save_run_checkpoint(cfg.output, state, is_best)
                 keep_history(cfg.output, epoch, cfg.checkpoint_hist)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)

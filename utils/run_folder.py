@@ -224,7 +224,8 @@ def check_same_recipe(recorded: Optional[Mapping], cfg: Config, world: int = 1,
                     f'(recorded in the checkpoint):\n' + '\n'.join(lines) + '\n'
                     f'A resumed run continues the run as it was trained: drop these options (without --config the '
                     f'run\'s own config is used), or start a new run in another folder.{fix}\nOn resume only {free} '
-                    f'and epochs (to extend the schedule) may change{processes}.')
+                    f'and epochs (to extend the schedule) may change{processes}; the learning rates, the mixup switch, '
+                    f'EMA and clipping with --allow-change KEY,... (recorded in the run).')
 
 
 def checkpoint_size_estimate(model, optimizer, ema=None) -> int:
