@@ -78,8 +78,8 @@ def trained(tmp_path_factory):
 def test_results_file_gets_one_row_per_evaluated_checkpoint(trained, tmp_path, name):
     results = tmp_path / name
     for _ in range(2):
-        evaluate_main(['--checkpoint', str(trained), '--results-file', str(results), '--output', str(tmp_path / 'test')],
-                  CIFAR10_YML)
+        evaluate_main(['--checkpoint', str(trained), '--results-file', str(results),
+                       '--output', str(tmp_path / 'test')], CIFAR10_YML)
     if name.endswith('.json'):
         rows = json.loads(results.read_text())
     else:

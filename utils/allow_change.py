@@ -51,7 +51,8 @@ def allowed_keys(cfg: Config) -> List[str]:
         return []
     if not cfg.resume:
         raise ConfigError('--allow-change applies to --resume (keys that may differ from the resumed run\'s); a new '
-                          'run takes any value without it.\nFix: drop --allow-change, or add --resume RUN/last.pth.tar.')
+                          'run takes any value without it.\nFix: drop --allow-change, or add --resume '
+                          'RUN/last.pth.tar.')
     names = [n.strip().lstrip('-').replace('-', '_') for n in cfg.allow_change.split(',') if n.strip()]
     for name in names:
         if name not in SCHEMA:

@@ -38,6 +38,7 @@ from .engine import evaluate, train_loss_fn, train_one_epoch
 from .errors import UserError, free_space_text, writing
 from .factory import build_model
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
+from .folder_data import check_checkpoint_classes, class_names, dataset_label
 from .progress import RunClock, format_duration
 from .results_file import append_row, check_results_file
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
@@ -233,6 +234,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequenc
         train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
         loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
         batch_mixup = None if mixes_in_loader(mixup_fn) else mixup_fn  # images are mixed by the loader's collate
+        classes = class_names(train_loader.dataset)
         eval_dtype = amp_dtype if cfg.eval_amp else None
 
         seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -278,7 +280,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequenc
         log(note)
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if ema is not None else [])
     log(f'{cfg.model}: {sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
-        f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
+        f'{dataset_label(cfg)} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
         f'{num_epochs} epochs, {info.world} process(es) on {device}, '
         f'amp {_dtype_name(amp_dtype)}, evaluation in {_dtype_name(eval_dtype, "float32")}, run {cfg.output}')
     if cfg.grad_accum_steps > 1:
@@ -326,6 +328,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], notes: Sequenc
                                         scaler, ema, info.world)
                 if run_changes:  # the run's record of its deliberate changes (utils.allow_change)
                     state['changes'] = run_changes
+                if classes:  # an image folder's classes, checked at test.py (utils.folder_data)
+                    state['class_names'] = classes
                 save_run_checkpoint(cfg.output, state, is_best)
                 keep_history(cfg.output, epoch, cfg.checkpoint_hist)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
@@ -380,13 +384,15 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
         check_results_file(cfg.results_file)
     model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
+    check_checkpoint_classes(checkpoint, loader.dataset, cfg.data_dir, cfg.checkpoint)
     started = time.perf_counter()
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
     seconds = time.perf_counter() - started
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
-                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset)
-    print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
+                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=dataset_label(cfg))
+    print(f'{cfg.model} on {dataset_label(cfg)} ({metrics["samples"]} samples'
+          f'{", EMA weights" if cfg.use_ema else ""}): '
           f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}', flush=True)
     path = os.path.join(output, 'results.json')
     write_text(path, json.dumps(results, indent=2), 'The metrics printed above were not saved.')
