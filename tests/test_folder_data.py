@@ -66,6 +66,9 @@ def test_fine_tune_a_published_checkpoint_on_your_own_folder(setup, tmp_path, ca
     other = write_folder(tmp_path / 'other', ['cat', 'dog', 'owl'])
     refused(capsys, evaluate_main, ['--checkpoint', str(run / 'last.pth.tar'), '--data-dir', str(other),
                                     '--output', str(tmp_path / 'test2')], 'only in the run: fox', 'only here: owl')
+    four = write_folder(tmp_path / 'four', ['cat', 'dog', 'fox', 'owl'])  # another count: the same message
+    refused(capsys, evaluate_main, ['--checkpoint', str(run / 'last.pth.tar'), '--data-dir', str(four),
+                                    '--output', str(tmp_path / 'test3')], 'trained on 3 classes', 'has 4')
 
 
 def test_dataset_name_names_the_run_folder(setup, tmp_path, monkeypatch, capsys):

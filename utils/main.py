@@ -382,9 +382,9 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     check_output_location(output)
     if cfg.results_file:
         check_results_file(cfg.results_file)
-    model = load_trained_model(cfg, checkpoint, device)
     loader = build_eval_loader(cfg, device=device)
-    check_checkpoint_classes(checkpoint, loader.dataset, cfg.data_dir, cfg.checkpoint)
+    check_checkpoint_classes(checkpoint, loader.dataset, cfg.data_dir, cfg.checkpoint)  # before the shapes
+    model = load_trained_model(cfg, checkpoint, device)
     started = time.perf_counter()
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
