@@ -523,6 +523,8 @@ def check_cross_keys(cfg: Config) -> None:
       schedule, whose ``epochs`` are then followed by ``cooldown_epochs`` at ``min_lr``. A warmup longer than the
       schedule would continue into the cooldown (the lr would rise where it should stay at ``min_lr``), so with a
       cooldown ``warmup_epochs`` <= ``epochs``. Without a cooldown a run may end inside its warmup (short trials).
+      ``train_main`` first clips a short run to fit (``utils.timm_flags.fit_schedule``), so this refuses only where
+      it is called directly.
     - Ranges are ordered: ``scale``, ``ratio`` and ``cutmix_minmax`` are (min, max).
     - Batch mixup/cutmix pairs each sample with another of the batch (timm asserts an even batch): with mixup or
       cutmix on, ``batch_size`` is even.
