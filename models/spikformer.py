@@ -21,9 +21,10 @@ from typing import Optional
 
 import torch
 from timm.layers import trunc_normal_
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from .pretrained import variant_cfg
 from .spikingformer import SpikingformerModel, _create
 
 # Per published file: (linear layers, attention scale). tau is 2.0 in all three.
@@ -66,42 +67,55 @@ class SpikformerModel(SpikingformerModel):
 _IMAGENET = dict(layout='imagenet', img_size_h=224, img_size_w=224, in_channels=3, num_classes=1000, T=4)
 _CIFAR = dict(layout='cifar', img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, T=4)
 _DVS = dict(layout='dvs', img_size_h=128, img_size_w=128, in_channels=2, num_classes=10, T=16)
+# timm's registry of pretrained configs, as for Spikingformer (models.pretrained.variant_cfg)
+default_cfgs = generate_default_cfgs({
+    **{f'spikformer_8_{d}': variant_cfg('imagenet', 3, 224, 1000) for d in (384, 512, 768)},
+    **{f'spikformer_cifar_{v}': variant_cfg('cifar', 3, 32, 10) for v in ('4_256', '2_384', '4_384')},
+    'spikformer_dvs_2_256': variant_cfg('dvs', 2, 128, 10),
+})
 
 
 @register_model
 def spikformer_8_384(pretrained=False, **kwargs) -> SpikformerModel:
-    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=384, num_heads=8), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=384, num_heads=8), kwargs, 'spikformer_8_384',
+                   SpikformerModel)
 
 
 @register_model
 def spikformer_8_512(pretrained=False, **kwargs) -> SpikformerModel:
-    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=512, num_heads=8), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=512, num_heads=8), kwargs, 'spikformer_8_512',
+                   SpikformerModel)
 
 
 @register_model
 def spikformer_8_768(pretrained=False, **kwargs) -> SpikformerModel:
-    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=768, num_heads=8), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=768, num_heads=8), kwargs, 'spikformer_8_768',
+                   SpikformerModel)
 
 
 @register_model
 def spikformer_cifar_4_256(pretrained=False, **kwargs) -> SpikformerModel:
-    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=256, num_heads=16), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=256, num_heads=16), kwargs, 'spikformer_cifar_4_256',
+                   SpikformerModel)
 
 
 @register_model
 def spikformer_cifar_2_384(pretrained=False, **kwargs) -> SpikformerModel:
-    return _create(pretrained, dict(_CIFAR, depths=2, embed_dims=384, num_heads=12), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_CIFAR, depths=2, embed_dims=384, num_heads=12), kwargs, 'spikformer_cifar_2_384',
+                   SpikformerModel)
 
 
 @register_model
 def spikformer_cifar_4_384(pretrained=False, **kwargs) -> SpikformerModel:
-    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=384, num_heads=12), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=384, num_heads=12), kwargs, 'spikformer_cifar_4_384',
+                   SpikformerModel)
 
 
 @register_model
 def spikformer_dvs_2_256(pretrained=False, **kwargs) -> SpikformerModel:
     """CIFAR10-DVS (10 classes, the published default) or DVS128 Gesture (``num_classes=11``); ``T`` frames."""
-    return _create(pretrained, dict(_DVS, depths=2, embed_dims=256, num_heads=16), kwargs, SpikformerModel)
+    return _create(pretrained, dict(_DVS, depths=2, embed_dims=256, num_heads=16), kwargs, 'spikformer_dvs_2_256',
+                   SpikformerModel)
 
 
 @register_model
@@ -111,7 +125,7 @@ def Spikformer(pretrained=False, **kwargs) -> SpikformerModel:  # noqa: N802 (th
     file needs ``layout='dvs'``."""
     if 'layout' not in kwargs:
         kwargs['layout'] = 'cifar' if kwargs.get('patch_size') == 4 else 'imagenet'
-    return _create(pretrained, {}, kwargs, SpikformerModel)
+    return _create(pretrained, {}, kwargs, 'Spikformer', SpikformerModel)
 
 
 SPIKFORMER_VARIANTS = ('spikformer_8_384', 'spikformer_8_512', 'spikformer_8_768', 'spikformer_cifar_4_256',

@@ -9,12 +9,13 @@ from typing import Optional
 
 import torch
 from timm.layers import trunc_normal_
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from .activation_checkpoint import checkpoint_sequence
 from .layers import ATTENTION_SCALE, EncoderBlock, SpikingTokenizer
 from .neuron import lif
+from .pretrained import load_pretrained_file, pretrained_file, variant_cfg
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -124,64 +125,71 @@ class SpikingformerModel(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _default_cfg(layout: str, in_channels: int, size: int, num_classes: int) -> dict:
-    cifar = layout == 'cifar'
-    return dict(url='', num_classes=num_classes, input_size=(in_channels, size, size), pool_size=None,
-                crop_pct=1.0, interpolation='bicubic', mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
-                std=CIFAR_STD if cifar else IMAGENET_STD, first_conv='patch_embed.stem_conv', classifier='head')
-
-
-def _create(pretrained: bool, arch: dict, kwargs: dict, cls: type = SpikingformerModel) -> SpikingformerModel:
-    if pretrained:
-        raise RuntimeError('Spikingformer weights are not downloadable through timm: build the model with '
-                           'pretrained=False and load an official checkpoint with models.load_checkpoint(model, path).')
+def _create(pretrained: bool, arch: dict, kwargs: dict, name: str = 'Spikingformer',
+            cls: type = SpikingformerModel) -> SpikingformerModel:
+    """The model; ``pretrained=True`` loads the local file of ``pretrained_cfg_overlay=dict(file=...)``
+    (``models.pretrained``). ``model.pretrained_cfg`` describes this instance (its classes and input size)."""
+    file = pretrained_file(name, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')) \
+        if pretrained else None
     for key in IGNORED_KWARGS:
         kwargs.pop(key, None)
     model = cls(**{**arch, **kwargs})
-    model.pretrained_cfg = model.default_cfg = _default_cfg(
-        model.layout, model.in_channels, model.img_size[0], model.num_classes)
+    model.pretrained_cfg = model.default_cfg = variant_cfg(
+        model.layout, model.in_channels, model.img_size[0], model.num_classes, architecture=name, file=file)
+    if file:
+        load_pretrained_file(model, file)
     return model
 
 
 _IMAGENET = dict(layout='imagenet', img_size_h=224, img_size_w=224, in_channels=3, num_classes=1000, T=4)
 _CIFAR = dict(layout='cifar', img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, T=4)
 _DVS = dict(layout='dvs', img_size_h=128, img_size_w=128, in_channels=2, T=16)
+# timm's registry of pretrained configs (timm.models.get_pretrained_cfg(name)); register_model reads it.
+default_cfgs = generate_default_cfgs({
+    **{f'spikingformer_8_{d}': variant_cfg('imagenet', 3, 224, 1000) for d in (384, 512, 768)},
+    **{f'spikingformer_cifar_{v}': variant_cfg('cifar', 3, 32, 10) for v in ('4_256', '2_384', '4_384')},
+    'spikingformer_dvs_2_256': variant_cfg('dvs', 2, 128, 11),
+})
 
 
 @register_model
 def spikingformer_8_384(pretrained=False, **kwargs) -> SpikingformerModel:
-    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=384, num_heads=8), kwargs)
+    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=384, num_heads=8), kwargs, 'spikingformer_8_384')
 
 
 @register_model
 def spikingformer_8_512(pretrained=False, **kwargs) -> SpikingformerModel:
-    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=512, num_heads=8), kwargs)
+    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=512, num_heads=8), kwargs, 'spikingformer_8_512')
 
 
 @register_model
 def spikingformer_8_768(pretrained=False, **kwargs) -> SpikingformerModel:
-    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=768, num_heads=8), kwargs)
+    return _create(pretrained, dict(_IMAGENET, depths=8, embed_dims=768, num_heads=8), kwargs, 'spikingformer_8_768')
 
 
 @register_model
 def spikingformer_cifar_4_256(pretrained=False, **kwargs) -> SpikingformerModel:
-    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=256, num_heads=16), kwargs)
+    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=256, num_heads=16), kwargs,
+                   'spikingformer_cifar_4_256')
 
 
 @register_model
 def spikingformer_cifar_2_384(pretrained=False, **kwargs) -> SpikingformerModel:
-    return _create(pretrained, dict(_CIFAR, depths=2, embed_dims=384, num_heads=12), kwargs)
+    return _create(pretrained, dict(_CIFAR, depths=2, embed_dims=384, num_heads=12), kwargs,
+                   'spikingformer_cifar_2_384')
 
 
 @register_model
 def spikingformer_cifar_4_384(pretrained=False, **kwargs) -> SpikingformerModel:
-    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=384, num_heads=12), kwargs)
+    return _create(pretrained, dict(_CIFAR, depths=4, embed_dims=384, num_heads=12), kwargs,
+                   'spikingformer_cifar_4_384')
 
 
 @register_model
 def spikingformer_dvs_2_256(pretrained=False, **kwargs) -> SpikingformerModel:
     """DVS128 Gesture (11 classes, the default) or CIFAR10-DVS (``num_classes=10``); ``T`` is the frame count."""
-    return _create(pretrained, dict(_DVS, depths=2, embed_dims=256, num_heads=16, num_classes=11), kwargs)
+    return _create(pretrained, dict(_DVS, depths=2, embed_dims=256, num_heads=16, num_classes=11), kwargs,
+                   'spikingformer_dvs_2_256')
 
 
 @register_model

@@ -11,6 +11,10 @@ For one variant, batch size, device and number of time steps, measures for each 
   column: what the steps themselves add on top of the model, its inputs and the interpreter, the optimizer state
   included).
 
+A path may carry the opt-ins of train.py (``--channels-last``, ``--torchcompile``): ``fused+channels_last``,
+``fused+compile`` (inductor) or ``fused+compile=aot_eager``, e.g. ``--paths fused,fused+channels_last,fused+compile``
+compares them on one neuron path. The speed-up column is relative to 'torch', or to the first path without it.
+
 Every (path, mode) is measured in a fresh child process (so peak memory is that path's alone and no allocator state
 or warm cache carries over), after ``--warmup`` untimed steps, and the paths are interleaved over ``--rounds`` rounds
 (A B A B ...) so that a machine whose speed drifts (shared CPUs) affects every path alike; the reported figure is the
@@ -56,18 +60,30 @@ def worker(args) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    kwargs = dict(backend=args.path)
+    backend, *options = args.path.split('+')
+    options = dict(o.split('=', 1) if '=' in o else (o, None) for o in options)
+    unknown = set(options) - {'channels_last', 'compile'}
+    if unknown:
+        raise SystemExit(f'unknown path option(s) {", ".join(sorted(unknown))}: use +channels_last, +compile[=backend]')
+    kwargs = dict(backend=backend)
     if args.T:
         kwargs['T'] = args.T
     model = timm.create_model(args.model, **kwargs).to(device)
     if args.checkpointing:
         model.set_grad_checkpointing(True)
+    channels_last = 'channels_last' in options
     size = args.img_size or model.img_size[0]
     if model.events:
         x = torch.rand(args.batch_size, model.T, model.in_channels, size, size, device=device).mul(4).floor()
     else:
         x = torch.randn(args.batch_size, model.in_channels, size, size, device=device)
     y = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+    if channels_last:  # as train.py --channels-last: the model's weights and the image batches
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    params = list(model.parameters())
+    if 'compile' in options:  # as train.py --torchcompile: the first (untimed) steps compile
+        model = torch.compile(model, backend=options['compile'] or 'inductor')
     amp = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
@@ -80,7 +96,7 @@ def worker(args) -> dict:
 
     if args.mode == 'train':
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        opt = torch.optim.AdamW(params, lr=1e-6)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -256,15 +272,16 @@ def report(args, runs: dict, modes, checkpointing) -> None:
                        step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3,
                        peak_mib=statistics.median(res['peak_mib'] for res in rs),
                        step_mib=statistics.median(res['step_mib'] for res in rs))
-            if path == 'torch':
+            if path == 'torch' or (base is None and 'torch' not in names):
                 base = row
             rows.append(row)
         for row in rows:
             if row['mode'] == mode:
                 row['speedup'] = row['img_s'] / base['img_s'] if base else None
                 row['mem_ratio'] = row['step_mib'] / base['step_mib'] if base and base['step_mib'] > 0 else None
-                plain = next((r for r in rows if r['mode'] == mode and r['path'] == row['path'].split('+')[0]), None)
-                if row['path'].endswith('+ckpt') and plain is not None:
+                without = row['path'][:-len('+ckpt')] if row['path'].endswith('+ckpt') else None
+                plain = next((r for r in rows if r['mode'] == mode and r['path'] == without), None)
+                if plain is not None:
                     row['ckpt_time'] = row['step_ms'] / plain['step_ms']
                     row['ckpt_mem'] = row['step_mib'] / plain['step_mib'] if plain['step_mib'] > 0 else None
 

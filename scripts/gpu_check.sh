@@ -8,6 +8,8 @@
 #      4-384 at 32x32, float32 and float16 autocast (the published recipes train with fp16 AMP);
 #      and the step memory of the published per-GPU batches without and with --grad-checkpointing (8-768 at 24,
 #      fp16; DVS 2-256 at 16, T=16, fp32), which replaces the CPU estimates of docs/speed.md;
+#      the opt-ins --channels-last and --torchcompile (inductor) against the plain fused path, 4-384 and 8-768 in
+#      float16;
 #   3. one summary table of both (utils/gpu_report.py), printed and written to OUT_DIR/summary.md.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (default output/gpu_check of the checkout; a relative OUT_DIR is taken
 #        from where you call it; also pytest.txt, gpu_tests.xml, gpu_tests.json, bench_*.json/.md/.log there).
@@ -70,6 +72,10 @@ if [ "$DEVICE" = cuda ]; then
   bench 4_384_fp16 --model spikingformer_cifar_4_384 --batch-size 64 --amp fp16
   bench 8_768_fp16_ckpt --model spikingformer_8_768 --batch-size 24 --amp fp16 --paths fused --grad-checkpointing both
   bench dvs_2_256_ckpt --model spikingformer_dvs_2_256 --batch-size 16 --paths fused --grad-checkpointing both
+  bench 4_384_fp16_opt_ins --model spikingformer_cifar_4_384 --batch-size 64 --amp fp16 \
+    --paths fused,fused+channels_last,fused+compile
+  bench 8_768_fp16_opt_ins --model spikingformer_8_768 --batch-size 16 --amp fp16 \
+    --paths fused,fused+channels_last,fused+compile
 else
   bench dry_run --model spikingformer_cifar_4_384 --batch-size 2 --T 1 --img-size 16 --amp fp16 --warmup 0 --steps 1
 fi

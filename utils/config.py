@@ -6,7 +6,8 @@ script's default file) < command line. Unknown keys, in the file or on the comma
 closest known key, so a typo never silently trains with a default.
 
 Command line: ``--key value`` or ``--key=value``; ``-`` and ``_`` are equivalent in names (``--batch-size``,
-``--batch_size``); ``-T`` is ``--time-steps``; booleans accept ``--flag``, ``--flag true|false`` and ``--no-flag``;
+``--batch_size``); ``-T`` is ``--time-steps``, ``-b`` ``--batch-size``, ``-j`` ``--workers`` (timm's); booleans accept
+``--flag``, ``--flag true|false`` and ``--no-flag``;
 lists take several values (``--mean 0.5 0.5 0.5``); ``null`` sets a nullable key to None.
 """
 import dataclasses
@@ -85,7 +86,7 @@ def _k(default, kind, help='', **kw) -> Key:
 
 
 FLOATS = 'floats'
-DATASET_NAMES = ('cifar10', 'cifar100', 'imagenet', 'digits', 'dvs128-gesture', 'cifar10-dvs')
+DATASET_NAMES = ('cifar10', 'cifar100', 'imagenet', 'digits', 'dvs128-gesture', 'cifar10-dvs', 'folder')
 
 SCHEMA = {
     # model
@@ -218,6 +219,51 @@ EVALUATION_KEYS = ('checkpoint', 'use_ema', 'trust_checkpoint', 'output', 'model
                    'num_heads', 'embed_dims', 'depths', 'neuron_backend', 'dataset', 'data_dir', 'dataset_download',
                    'img_size', 'batch_size', 'val_batch_size', 'workers', 'mean', 'std', 'interpolation', 'crop_pct',
                    'amp', 'amp_dtype', 'eval_amp', 'limit_eval_batches', 'device', 'threads')
+# timm's train.py/validate.py flags (issue 24; docs/timm.md maps every one). Kept in one block so that the policy and
+# the merge stay local: the keys, their short forms, the flags that take an optional value, and the reasons why a
+# timm flag deliberately does not exist here.
+SCHEMA.update({
+    'experiment': _k(None, str, 'run folder name under output/train/ (timm\'s --experiment); null = '
+                     '<time>-<dataset>-<model>', nullable=True, may_change_on_resume=True),
+    'clip_grad': _k(None, float, 'gradient clipping value (timm\'s --clip-grad); null = off, as published',
+                    nullable=True, bounds=POSITIVE),
+    'clip_mode': _k('norm', str, 'what clip_grad bounds: the global norm, each value, or adaptive (agc)',
+                    choices=('norm', 'value', 'agc')),
+    'sync_bn': _k(False, bool, 'SyncBatchNorm over the processes of a distributed run (off as published)'),
+    'checkpoint_hist': _k(0, int, 'also keep the last N epoch checkpoints (checkpoint-<epoch>.pth.tar) beside last '
+                          'and best; 0 = none', bounds=NON_NEGATIVE, may_change_on_resume=True),
+    'log_wandb': _k(False, bool, 'log the epoch metrics to Weights & Biases (needs `pip install wandb`)',
+                    may_change_on_resume=True),
+    'channels_last': _k(False, bool, 'channels-last memory format for the model and the images (same numbers up to '
+                        'float rounding)', may_change_on_resume=True),
+    'torchcompile': _k(None, str, 'torch.compile the model with this backend (bare --torchcompile = inductor); '
+                       'null = off', nullable=True, may_change_on_resume=True),
+    'smoke': _k(False, bool, 'smoke test: 1 epoch (unless --epochs), 2 training and 2 evaluation batches (unless '
+                '--limit-train-batches/--limit-eval-batches)', may_change_on_resume=True),
+    'allow_change': _k(None, str, 'on --resume: comma-separated keys allowed to differ from the run\'s (e.g. lr); '
+                       'recorded in the run', nullable=True, may_change_on_resume=True),
+    'dataset_name': _k(None, str, 'name of a --dataset folder for logs, run folder and reports; null = the '
+                       'folder\'s name', nullable=True),
+    'results_file': _k(None, str, 'test.py: append one row per evaluated checkpoint to this .csv or .json file',
+                       nullable=True, may_change_on_resume=True),
+})
+INVOCATION_KEYS += ('experiment', 'allow_change', 'results_file', 'smoke')
+ALIASES.update(b='batch_size', j='workers')
+# Flags that may be given without a value, and the value that means.
+BARE_VALUES = {'torchcompile': 'inductor'}
+# timm flags that deliberately do not exist here, with the reason (shown instead of "unknown key").
+ABSENT_FLAGS = {
+    'lr_base': 'the published recipes never scale the learning rate with the batch size: --lr is the peak '
+               'learning rate as published, whatever the batch',
+    'lr_base_size': 'the published recipes never scale the learning rate with the batch size (--lr is used as is)',
+    'lr_base_scale': 'the published recipes never scale the learning rate with the batch size (--lr is used as is)',
+    'pretrained': 'no weights are downloadable through timm: start from an official checkpoint with '
+                  '--initial-checkpoint PATH (see docs/timm.md)',
+    'drop_path': 'the published model applies no stochastic depth (its drop_path_rate is accepted and ignored)',
+    'drop': 'the published model applies no dropout (its drop_rate is accepted and ignored)',
+    'model_ema_force_cpu': 'the EMA copy stays on the training device',
+    'no_prefetcher': 'images always go through timm\'s prefetcher, as the published runs',
+}
 _NULLS = ('null', 'none', '~')
 _TRUE, _FALSE = ('true', 'yes', 'on', '1'), ('false', 'no', 'off', '0')
 
@@ -381,11 +427,15 @@ def parse_cli(argv: Sequence[str], schema: Mapping[str, Key], help_keys: Optiona
                 raise ConfigError(f'--{body} takes no value')
             overrides[name[3:]] = False
             continue
+        if name not in schema and name in ABSENT_FLAGS:
+            raise ConfigError(f'{token} does not exist here: {ABSENT_FLAGS[name]}.')
         if name not in schema:
             raise _unknown(token, 'the command line', [f'--{k.replace("_", "-")}' for k in schema])
         key = schema[name]
         if key.kind is bool and not values:
             overrides[name] = True
+        elif name in BARE_VALUES and not values:
+            overrides[name] = BARE_VALUES[name]
         elif key.kind == FLOATS and len(values) > 1:
             overrides[name] = convert(name, key, values)
         elif len(values) != 1:
@@ -546,6 +596,8 @@ def check_cross_keys(cfg: Config) -> None:
       schedule, whose ``epochs`` are then followed by ``cooldown_epochs`` at ``min_lr``. A warmup longer than the
       schedule would continue into the cooldown (the lr would rise where it should stay at ``min_lr``), so with a
       cooldown ``warmup_epochs`` <= ``epochs``. Without a cooldown a run may end inside its warmup (short trials).
+      ``train_main`` first clips a short run to fit (``utils.timm_flags.fit_schedule``), so this refuses only where
+      it is called directly.
     - Ranges are ordered: ``scale``, ``ratio`` and ``cutmix_minmax`` are (min, max).
     - Batch mixup/cutmix pairs each sample with another of the batch (timm asserts an even batch): with mixup or
       cutmix on, ``batch_size`` is even.
@@ -582,7 +634,8 @@ def save_config(cfg: Config, path: str, header: Optional[str] = None) -> None:
 
 def print_help(schema: Mapping[str, Key] = SCHEMA, keys: Optional[Sequence[str]] = None) -> None:
     """The usage and one line per key of ``schema`` (only ``keys``, in schema order, when given)."""
-    print('usage: [--config FILE.yml] [--key value ...]   (- and _ are equivalent; -T = --time-steps)')
+    print('usage: [--config FILE.yml] [--key value ...]   (- and _ are equivalent; -T = --time-steps, '
+          '-b = --batch-size, -j = --workers)')
     print('Defaults below are the schema\'s; the YAML file (the script\'s own unless --config) overrides them.')
     if keys is not None:
         print('Only the keys this script reads are listed; the training keys of a config file or checkpoint are '

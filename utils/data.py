@@ -29,6 +29,7 @@ from .atomic import replace_atomically
 from .config import Config, mixing_on
 from .data_checks import check_batches, check_datasets
 from .errors import DataError
+from .folder_data import FOLDER, resolve_folder
 from .image_files import ImageFiles
 from .rand_augment_ops import restrict_rand_augment
 from .resumable_data import EpochKey, SeededSamples, make_resumable
@@ -46,6 +47,7 @@ DATASETS = {
     'imagenet': dict(num_classes=1000, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
     'dvs128-gesture': dict(num_classes=11, img_size=128, mean=None, std=None),
     'cifar10-dvs': dict(num_classes=10, img_size=128, mean=None, std=None),
+    'folder': dict(num_classes=None, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),  # utils.folder_data
 }
 # CIFAR python pickles: folder, training files, test files, label key.
 CIFAR_FILES = {
@@ -76,6 +78,7 @@ for _name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
 
 def resolve_data_config(cfg: Config) -> None:
     """Fill the config's null data keys from the data set's defaults (so args.yaml shows what was used)."""
+    resolve_folder(cfg)  # --dataset folder: the class count and name follow the folder
     defaults = DATASETS[cfg.dataset]
     for name in ('num_classes', 'img_size', 'mean', 'std'):
         if getattr(cfg, name) is None:
@@ -198,7 +201,7 @@ def digits(train: bool, size: int = 32) -> ArrayImages:
 def image_folder(root: str, split: str):
     path = os.path.join(root, split)
     if not os.path.isdir(path):
-        raise DataError(f'ImageNet {split} folder not found: {path}\nPoint --data-dir at the folder that holds '
+        raise DataError(f'{split} folder not found: {path}\nPoint --data-dir at the folder that holds '
                         f'train/ and val/, each with one sub-folder of images per class.')
     try:
         return ImageFiles(path)  # timm's ImageDataset, with 16-bit images scaled (utils.image_files)
@@ -215,7 +218,7 @@ def build_datasets(cfg: Config, train: bool = True, evaluation: bool = True):
         make = lambda is_train: both[0 if is_train else 1]  # noqa: E731
     elif cfg.dataset == 'digits':
         make = lambda is_train: digits(is_train, cfg.img_size or 32)  # noqa: E731
-    elif cfg.dataset == 'imagenet':
+    elif cfg.dataset in ('imagenet', FOLDER):
         make = lambda is_train: image_folder(cfg.data_dir, 'train' if is_train else 'val')  # noqa: E731
     else:
         make = lambda is_train: cifar(cfg.dataset, cfg.data_dir, is_train, cfg.dataset_download)  # noqa: E731

@@ -96,7 +96,7 @@ def check_datasets(cfg, train_ds, eval_ds) -> None:
     datasets = [ds for ds in (train_ds, eval_ds) if ds is not None]
     if not datasets:
         return
-    if cfg.dataset == 'imagenet':
+    if cfg.dataset in ('imagenet', 'folder'):  # ImageFolder trees
         count, found = _image_folder_count(cfg, train_ds, eval_ds)
     else:  # CIFAR, digits, event data: the class count is the data set's own
         count, found = _label_count(cfg, datasets, DATASETS[cfg.dataset]['num_classes'])

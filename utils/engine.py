@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import model_parameters
+from timm.utils import dispatch_clip_grad, unwrap_model
 from tqdm import tqdm
 
 from .errors import DataError, NonFiniteLossError
@@ -58,11 +60,18 @@ def accumulation_group_size(batch: int, total: int, steps: int) -> int:
     return remainder if remainder and batch >= total - remainder else steps
 
 
-def optimizer_step(optimizer, scaler=None) -> bool:
+def optimizer_step(optimizer, scaler=None, clip_grad: Optional[float] = None, clip_mode: str = 'norm',
+                   clip_parameters=None) -> bool:
     """One optimizer step, through the gradient scaler when there is one; returns whether the weights were updated.
 
-    With a scaler (float16), ``scaler.step`` unscales the gradients (once: the project has no gradient clipping, so
-    nothing unscales them earlier) and skips the step when any is inf or NaN, and ``scaler.update`` then lowers the
+    Gradient clipping (``clip_grad``, timm's ``dispatch_clip_grad`` with ``clip_mode`` norm, value or agc, on
+    ``clip_parameters``) acts on the true gradients: under a scaler they are unscaled first (``scaler.unscale_``,
+    which also records inf/NaN for the step; ``scaler.step`` then does not unscale again), as timm's
+    ``NativeScaler`` does. It is called once per optimizer step, so with gradient accumulation it clips the summed
+    gradients at the group's boundary.
+
+    With a scaler (float16), ``scaler.step`` unscales the gradients (unless clipping unscaled
+    them already) and skips the step when any is inf or NaN, and ``scaler.update`` then lowers the
     scale by its backoff factor. That is how a skipped step is detected: the scale went down. This is the scaler's
     normal working, not divergence (a run may skip a few steps at the start, while the scale falls from 2^16 to
     what its gradients allow), so it is counted, not stopped on: the NaN stop of :func:`train_one_epoch` looks at the
@@ -70,9 +79,14 @@ def optimizer_step(optimizer, scaler=None) -> bool:
     synchronisation that matters.
     """
     if scaler is None:
+        if clip_grad is not None:
+            dispatch_clip_grad(clip_parameters, clip_grad, clip_mode)
         optimizer.step()
         return True
     scale = scaler.get_scale()
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        dispatch_clip_grad(clip_parameters, clip_grad, clip_mode)
     scaler.step(optimizer)
     scaler.update()
     return scaler.get_scale() >= scale
@@ -82,7 +96,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
                     amp_dtype: Optional[torch.dtype] = None, scaler=None, ema=None, limit_batches: Optional[int] = None,
                     log_interval: int = 50, is_main: bool = True, distributed: bool = False,
                     log: Callable[[str], None] = print, grad_accum_steps: int = 1, run_clock=None,
-                    start_batch: int = 0, sums: Optional[dict] = None, at_step: Optional[Callable] = None) -> dict:
+                    start_batch: int = 0, sums: Optional[dict] = None, at_step: Optional[Callable] = None,
+                    clip_grad: Optional[float] = None, clip_mode: str = 'norm', channels_last: bool = False) -> dict:
     """Train one epoch; returns ``dict(loss, lr, samples, img_s, seconds, steps, skipped_steps)`` (loss averaged
     over all samples of all ranks).
 
@@ -106,6 +121,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     there, ``utils.resumable_data``) and ``sums`` the recorded ``loss_sum``, ``count``, ``steps`` and ``skipped`` of
     the batches before it; ``at_step(next_batch, sums)`` is called after every optimizer step with the same sums (it
     may save the state and stop the run).
+
+    ``clip_grad``/``clip_mode``: :func:`optimizer_step` (for agc without the head, as timm). ``channels_last``:
+    image batches are made channels-last (the model is, see ``utils.timm_flags.prepare_model``).
     """
     model.train()
     total = _num_batches(loader, limit_batches)
@@ -115,6 +133,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
         loss_sum, count, steps, skipped = sums['loss_sum'], sums['count'], sums['steps'], sums['skipped']
     world = dist.get_world_size() if distributed else 1
     meter = EpochMeter(total - start_batch, epoch, world, run_clock, log_interval)  # the batches left to train
+    clip_parameters = list(model_parameters(unwrap_model(model), exclude_head=clip_mode == 'agc')) \
+        if clip_grad is not None else None
     bar = _progress(loader, total, f'epoch {epoch}', is_main)
     for i, (images, targets) in enumerate(bar, start=start_batch):
         if i >= total:
@@ -122,6 +142,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         group = accumulation_group_size(i, total, grad_accum_steps)
         last_of_group = (i + 1) % grad_accum_steps == 0 or i + 1 == total
         with model.no_sync() if hasattr(model, 'no_sync') and not last_of_group else contextlib.nullcontext():
@@ -141,11 +163,11 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
                 loss = loss / group
             (scaler.scale(loss) if scaler is not None else loss).backward()
         if last_of_group:
-            stepped = optimizer_step(optimizer, scaler)
+            stepped = optimizer_step(optimizer, scaler, clip_grad, clip_mode, clip_parameters)
             steps += 1
             skipped += not stepped
             if ema is not None and stepped:
-                ema.update(model.module if hasattr(model, 'module') else model)
+                ema.update(unwrap_model(model))  # without DDP's and torch.compile's wrappers
         loss_sum += value * images.shape[0]
         count += images.shape[0]
         meter.update(images.shape[0])
@@ -166,7 +188,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
 
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             limit_batches: Optional[int] = None, distributed: bool = False, is_main: bool = True) -> dict:
+             limit_batches: Optional[int] = None, distributed: bool = False, is_main: bool = True,
+             channels_last: bool = False) -> dict:
     """``dict(top1, top5, loss, samples)``: accuracies in percent and the mean plain cross-entropy, summed over the
     batches of every rank (each rank evaluates its own shard) and divided once, so the numbers are exact."""
     model.eval()
@@ -176,6 +199,8 @@ def evaluate(model, loader, device: torch.device, amp_dtype: Optional[torch.dtyp
         if i >= total:
             break
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp_dtype):
             output = model(images)
         output = output.float()

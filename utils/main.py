@@ -29,8 +29,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
+from .allow_change import allowed_keys, apply_allowed_changes, describe
 from .atomic import append_text, replace_atomically
 from .checkpoint import BEST, LAST, make_checkpoint, resume_checkpoint, save_run_checkpoint
+from .checkpoint_history import keep_history
 from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
@@ -41,16 +43,19 @@ from .errors import UserError, free_space_text, writing
 from .factory import architecture_label, architecture_overrides, build_model, check_model, override_note, run_name
 from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
 from .finished_run import finished_message, needs_repair
+from .folder_data import check_checkpoint_classes, class_names, dataset_label
 from .input_checks import check_augment_policy
 from .memory_estimate import check_step_memory, out_of_memory_reported
 from .preemption import (StopRequests, check_in_epoch, in_epoch_state, restore_signal_handlers, stop,
                          stop_line)
 from .progress import RunClock, format_duration
 from .provenance import file_sha256, record_run_start, run_provenance
+from .results_file import append_row, check_results_file
 from .run_claim import make_default_folder, release_claims, timestamp, unique_suffix
 from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
                          check_same_recipe, checkpoint_size_estimate, claim_fresh_output, claim_resumed_output,
                          open_resume, save_run_config, start_folder)
+from .timm_flags import check_experiment, check_wandb, compile_model, fit_schedule, prepare_model, wandb_logger
 
 SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
 EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
@@ -123,9 +128,10 @@ def check_optimizer_and_schedule(cfg: Config) -> None:
 def default_output(cfg: Config, kind: str) -> str:
     """``output/<kind>/<time to the ms>-<dataset>-<architecture>-<SLURM job, if any>-<random>``: two runs started at
     the same instant, or two tasks of a SLURM array, get different names (``utils.run_claim``); the architecture is
-    the one that runs, not only the variant's (``utils.factory.run_name``)."""
+    the one that runs, not only the variant's (``utils.factory.run_name``). ``--experiment NAME`` names the folder
+    ``output/train/NAME`` instead (:func:`_train`)."""
     name = run_name(cfg.model, architecture_overrides(cfg))
-    return os.path.join('output', kind, f'{timestamp()}-{cfg.dataset}-{name}-{unique_suffix()}')
+    return os.path.join('output', kind, f'{timestamp()}-{dataset_label(cfg)}-{name}-{unique_suffix()}')
 
 
 class RunLog:
@@ -203,12 +209,16 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
     resume = None
     if cfg.resume:
         cfg, resume = open_resume(cfg, argv)
+    allowed_keys(cfg)  # --allow-change names only keys that may change mid-run, and only with --resume
+    check_experiment(cfg)
+    schedule_note = fit_schedule(cfg)
     check_cross_keys(cfg)
+    check_wandb(cfg)
     info = init_distributed(cfg)
     try:
         provenance = dict(run_provenance([sys.argv[0], *argv], info.device, info.world),
                           resumed_from=resume.path if resume is not None else None)
-        return _train(cfg, info, resume, provenance)
+        return _train(cfg, info, resume, provenance, [schedule_note] if schedule_note else [])
     except Exception as e:  # one process failed mid-run: one message for the run (utils.distributed)
         share_failure(info, e)
         raise
@@ -218,7 +228,8 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
         cleanup_distributed()
 
 
-def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Optional[dict] = None) -> dict:
+def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Optional[dict] = None,
+           notes: Sequence[str] = ()) -> dict:
     """The run. Under several processes each start-up step is a :class:`fail_together` block, so that a failure in
     one process (rank 0's checks and writes of the run folder included) stops them all with one message, and the
     run folder is written (rank 0) only once every process has its data, model and checkpoint."""
@@ -235,7 +246,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         memory_note = check_step_memory(cfg, device, info.world if device.type == 'cpu' else 1)
         if resume is not None:
             # also: the same initial_checkpoint, which the resume supersedes; the global batch on another world size
-            batch_note = check_same_recipe(resume.recorded, cfg, info.world, resume.world)
+            recorded, run_changes = apply_allowed_changes(resume.recorded, cfg, resume.progress['epoch'] + 1)
+            run_changes = list(resume.checkpoint.get('changes') or []) + run_changes  # this run's, in order
+            batch_note = check_same_recipe(recorded, cfg, info.world, resume.world)
             initial_checkpoint = None
             finished = finished_message(cfg, resume.progress, schedule_length(cfg))
             if finished is not None and needs_repair(cfg.output, resume.progress):
@@ -244,7 +257,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
                 check_output_location(cfg.output, resume=True)
                 claim_resumed_output(cfg)  # held until the run ends: a second start is refused
         else:
-            initial_checkpoint = initial_checkpoint_to_load(cfg)
+            initial_checkpoint, run_changes = initial_checkpoint_to_load(cfg), []
+            if cfg.output is None and cfg.experiment:  # timm's --experiment: output/train/NAME, new or empty
+                cfg.output = os.path.join('output', 'train', cfg.experiment)
             if info.is_main:
                 made = cfg.output is None
                 if made:  # a new folder of a unique name, made exclusively (utils.run_claim)
@@ -268,6 +283,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         train_loader, eval_loader, mixup_fn = build_loaders(cfg, info.distributed, info.rank, info.world, device)
         loss_fn = train_loss_fn(mixup_fn, cfg.smoothing)
         batch_mixup = None if mixes_in_loader(mixup_fn) else mixup_fn  # images are mixed by the loader's collate
+        classes = class_names(train_loader.dataset)
         eval_dtype = amp_dtype if cfg.eval_amp else None
 
         seed_everything(cfg.seed)  # the same initial weights on every rank
@@ -275,6 +291,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) \
             if initial_checkpoint else None
         model = model.to(device)
+        model, model_notes = prepare_model(model, cfg, info.distributed)  # sync_bn, channels_last
         optimizer = build_optimizer(model, cfg)
         # created before a resume loads the optimizer state, so the schedule follows this run's config
         scheduler, num_epochs = build_schedule(optimizer, cfg)
@@ -291,12 +308,12 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         scheduler.step(start_epoch)
 
     # the run folder is written only once the config, checkpoint, data and output are known to be good
-    notes, rows = [], []
+    notes, rows = list(notes) + model_notes, []
     summary_path = os.path.join(cfg.output, 'summary.csv')
     with fail_together(info):
         if info.is_main:
-            check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema))
-            notes = start_folder(cfg, resume)
+            check_free_space(cfg.output, checkpoint_size_estimate(model, optimizer, ema), cfg.checkpoint_hist)
+            notes = list(notes) + start_folder(cfg, resume)
             if provenance is not None:  # run.json: how this start was made (one entry per start)
                 with writing(cfg.output, 'The run has not started.'):
                     record_run_start(cfg.output, provenance)
@@ -305,10 +322,13 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
             rows = _read_summary(summary_path, start_epoch)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None) \
         if info.distributed else model
+    train_model, eval_model = compile_model(ddp_model, cfg), compile_model(model, cfg)  # as is without --torchcompile
     log = RunLog(cfg.output, info.is_main)
+    log_wandb = wandb_logger(cfg, info.is_main)
     if resume is not None:
         log(f'resumed from {resume.path} at epoch {start_epoch}' + (f', batch {in_epoch["batch"]}' if in_epoch
-                                                                    else ''))
+                                                                    else '')
+            + (f'; deliberate changes (--allow-change): {describe(run_changes)}' if run_changes else ''))
         if batch_note:
             log(batch_note)
     if loaded:
@@ -320,7 +340,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         log(override_note(cfg))
     log(f'{architecture_label(cfg.model, architecture_overrides(cfg))}: '
         f'{sum(p.numel() for p in model.parameters()):,} parameters, T={cfg.time_steps}, '
-        f'{cfg.dataset} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
+        f'{dataset_label(cfg)} ({len(train_loader.dataset)} train / {len(eval_loader.dataset.dataset)} eval samples), '
         f'{num_epochs} epochs, {info.world} process(es) on {device}, '
         f'amp {_dtype_name(amp_dtype)}, evaluation in {_dtype_name(eval_dtype, "float32")}, run {cfg.output}')
     if cfg.grad_accum_steps > 1:
@@ -361,12 +381,13 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         first_batch = in_epoch['batch'] if in_epoch and epoch == start_epoch else 0
         train_loader.resumable.start_epoch(epoch, first_batch)
         with out_of_memory_reported(cfg, device):
-            train = train_one_epoch(ddp_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
+            train = train_one_epoch(train_model, train_loader, optimizer, loss_fn, device, epoch, mixup_fn=batch_mixup,
                                     amp_dtype=amp_dtype, scaler=scaler, ema=ema, limit_batches=cfg.limit_train_batches,
                                     log_interval=cfg.log_interval, is_main=info.is_main, distributed=info.distributed,
                                     log=log, grad_accum_steps=cfg.grad_accum_steps, run_clock=clock,
                                     start_batch=first_batch, sums=in_epoch['sums'] if first_batch else None,
-                                    at_step=at_step)
+                                    at_step=at_step, clip_grad=cfg.clip_grad, clip_mode=cfg.clip_mode,
+                                    channels_last=cfg.channels_last)
         if train['skipped_steps']:
             log(f'epoch {epoch}: the float16 gradient scaler skipped {train["skipped_steps"]} of {train["steps"]} '
                 f'optimizer steps (inf/NaN gradients; weights and EMA unchanged there), loss scale now '
@@ -376,8 +397,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
             if ema is not None:
                 sync_bn_stats(ema.module, cfg.dist_bn, info.world)
         kwargs = dict(amp_dtype=eval_dtype, limit_batches=cfg.limit_eval_batches, distributed=info.distributed,
-                      is_main=info.is_main)
-        metrics = evaluate(model, eval_loader, device, **kwargs)
+                      is_main=info.is_main, channels_last=cfg.channels_last)
+        metrics = evaluate(eval_model, eval_loader, device, **kwargs)
         row = dict(epoch=epoch, train_loss=train['loss'], eval_loss=metrics['loss'], eval_top1=metrics['top1'],
                    eval_top5=metrics['top5'], lr=train['lr'])
         if ema is not None:
@@ -394,10 +415,17 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
                 _write_summary(summary_path, rows, columns)
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
                                         scaler, ema, info.world, provenance)
+                if run_changes:  # the run's record of its deliberate changes (utils.allow_change)
+                    state['changes'] = run_changes
+                if classes:  # an image folder's classes, checked at test.py (utils.folder_data)
+                    state['class_names'] = classes
                 save_run_checkpoint(cfg.output, state, is_best)
+                keep_history(cfg.output, epoch, cfg.checkpoint_hist)
                 if resume is not None and epoch == start_epoch:  # the config the checkpoints now train with
                     save_run_config(cfg)
                 log.scalars({k: v for k, v in row.items() if k != 'epoch'}, epoch)
+                if log_wandb is not None:
+                    log_wandb({k: v for k, v in row.items() if k != 'epoch'}, epoch)
         stops.saved()
         last_metric = metrics['top1']
         clock.end_epoch(train['seconds'])
@@ -456,17 +484,29 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     amp_dtype, _ = amp_setup(cfg, device)
     output = cfg.output or default_output(cfg, 'test')
     check_output_location(output)
-    model = load_trained_model(cfg, checkpoint, device)
+    if cfg.results_file:
+        check_results_file(cfg.results_file)
     loader = build_eval_loader(cfg, device=device)
+    check_checkpoint_classes(checkpoint, loader.dataset, cfg.data_dir, cfg.checkpoint)  # before the shapes
+    model = load_trained_model(cfg, checkpoint, device)
+    started = time.perf_counter()
     metrics = evaluate(model, loader, device, amp_dtype=amp_dtype if cfg.eval_amp else None,
                        limit_batches=cfg.limit_eval_batches)
+    seconds = time.perf_counter() - started
     results = dict(top1=metrics['top1'], top5=metrics['top5'], loss=metrics['loss'], samples=metrics['samples'],
-                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=cfg.dataset,
+                   checkpoint=cfg.checkpoint, use_ema=cfg.use_ema, model=cfg.model, dataset=dataset_label(cfg),
                    **evaluation_provenance(cfg.checkpoint, checkpoint, [sys.argv[0], *argv], device))
-    print(f'{cfg.model} on {cfg.dataset} ({metrics["samples"]} samples{", EMA weights" if cfg.use_ema else ""}): '
+    print(f'{cfg.model} on {dataset_label(cfg)} ({metrics["samples"]} samples'
+          f'{", EMA weights" if cfg.use_ema else ""}): '
           f'top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, loss {metrics["loss"]:.4f}', flush=True)
     path = os.path.join(output, 'results.json')
     write_text(path, json.dumps(results, indent=2), 'The metrics printed above were not saved.')
     print(f'results: {path}')
+    if cfg.results_file:  # timm's validate.py columns, and the checkpoint's hash (utils.provenance)
+        from .provenance import file_sha256
+        append_row(cfg.results_file, dict(results, param_count=sum(p.numel() for p in model.parameters()),
+                                          img_per_sec=metrics['samples'] / max(seconds, 1e-9),
+                                          sha256=file_sha256(cfg.checkpoint)))
+        print(f'row added to {cfg.results_file}')
     return results
 

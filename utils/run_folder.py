@@ -41,8 +41,8 @@ from .run_claim import LOCK_NAME, FolderInUse, claim_folder, is_claimed
 
 # Temporary files of an atomic write (``utils.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>`` and
 # ``<name>.tmp``): garbage once their writer is gone.
-_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|summary\.csv|args\.yaml|run\.json)\.tmp\d*'
-                        r'(?:\.(?:tar|csv|yaml|json))?$')
+_TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|checkpoint-\d+\.pth\.tar|summary\.csv|args\.yaml|'
+                        r'run\.json)\.tmp\d*(?:\.(?:tar|csv|yaml|json))?$')
 _MAX_LISTED = 10
 
 
@@ -279,7 +279,8 @@ def check_same_recipe(recorded: Optional[Mapping], cfg: Config, world: int = 1,
                     f'(recorded in the checkpoint):\n' + '\n'.join(lines) + '\n'
                     f'A resumed run continues the run as it was trained: drop these options (without --config the '
                     f'run\'s own config is used), or start a new run in another folder.{fix}\nOn resume only {free} '
-                    f'and epochs (to extend the schedule) may change{processes}.')
+                    f'and epochs (to extend the schedule) may change{processes}; the learning rates, the mixup switch, '
+                    f'EMA and clipping with --allow-change KEY,... (recorded in the run).')
 
 
 def checkpoint_size_estimate(model, optimizer, ema=None) -> int:
@@ -296,21 +297,23 @@ def checkpoint_size_estimate(model, optimizer, ema=None) -> int:
     return model_bytes + optimizer_bytes + ema_bytes + 2 ** 20
 
 
-def check_free_space(folder: str, checkpoint_bytes: int) -> None:
+def check_free_space(folder: str, checkpoint_bytes: int, history: int = 0) -> None:
     """Room for three checkpoints (``last``, ``best`` when it is an older epoch, the next ``last`` while it is
-    written), less what the folder's checkpoints already take."""
+    written) and the ``history`` epoch checkpoints of ``--checkpoint-hist``, less what the folder's checkpoints
+    already take."""
     held = {}
     for name in (LAST, BEST):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             st = os.stat(path)
             held[(st.st_dev, st.st_ino)] = st.st_size
-    need = 3 * checkpoint_bytes - sum(held.values())
+    need = (3 + history) * checkpoint_bytes - sum(held.values())
     free = shutil.disk_usage(_existing_ancestor(folder)).free
     if free < need:
         raise UserError(f'not enough free space for the run\'s checkpoints in {folder}: {size_text(free)} free, about '
-                        f'{size_text(need)} needed (three checkpoints of about {size_text(checkpoint_bytes)}: '
-                        f'{LAST}, {BEST} and the next {LAST} while it is written).\nFree some space, or choose an '
+                        f'{size_text(need)} needed ({3 + history} checkpoints of about {size_text(checkpoint_bytes)}: '
+                        f'{LAST}, {BEST}, the next {LAST} while it is written'
+                        f'{f" and {history} of --checkpoint-hist" if history else ""}).\nFree some space, or choose an '
                         f'--output on another disk.')
 
 
