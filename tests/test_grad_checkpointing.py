@@ -112,9 +112,10 @@ def test_checkpoint_sequence_saves_only_block_inputs():
 def test_config_flag_switches_the_model():
     cfg = load_config(['--model', 'spikingformer_cifar_4_256', '--embed-dims', '32', '--depths', '1',
                        '--num-heads', '2', '--grad-checkpointing'])
-    assert build_model(cfg).grad_checkpointing
+    assert build_model(cfg, training=True).grad_checkpointing
+    assert not build_model(cfg).grad_checkpointing  # evaluation: nothing to recompute
     assert not build_model(load_config(['--model', 'spikingformer_cifar_4_256', '--embed-dims', '32', '--depths', '1',
-                                        '--num-heads', '2'])).grad_checkpointing
+                                        '--num-heads', '2']), training=True).grad_checkpointing
 
 
 def _ddp_rank(rank: int, port: int, results) -> None:

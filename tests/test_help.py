@@ -6,7 +6,7 @@ import pytest
 
 from helpers import REPO, load_script
 from utils import config as config_module
-from utils.config import EVALUATION_KEYS, SCHEMA
+from utils.config import EVALUATION_KEYS, SCHEMA, TEST_KEYS
 from utils.main import test_main as evaluate_main, train_main
 
 
@@ -23,7 +23,7 @@ def test_training_help_lists_every_key(capsys):
 
 def test_test_py_help_lists_the_evaluation_keys_only(capsys):
     listed = _listed(evaluate_main, capsys)
-    assert listed == [k for k in SCHEMA if k in EVALUATION_KEYS]
+    assert listed == [k for k in SCHEMA if k in EVALUATION_KEYS + TEST_KEYS]
     assert not {'lr', 'epochs', 'mixup', 'opt', 'resume', 'seed'} & set(listed)
 
 
@@ -48,4 +48,5 @@ def test_an_evaluation_reads_only_the_listed_keys(tmp_path, monkeypatch):
     monkeypatch.setattr(config_module.Config, '__getattr__', spy)
     evaluate_main(['--checkpoint', str(tmp_path / 'run' / 'model_best.pth.tar'), '--output', str(tmp_path / 'eval'),
                    '--limit-eval-batches', '1'])
-    assert read and read <= set(EVALUATION_KEYS), read - set(EVALUATION_KEYS)
+    listed = set(EVALUATION_KEYS + TEST_KEYS)
+    assert read and read <= listed, read - listed

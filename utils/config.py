@@ -218,7 +218,8 @@ ALIASES = {'T': 'time_steps'}
 EVALUATION_KEYS = ('checkpoint', 'use_ema', 'trust_checkpoint', 'output', 'model', 'num_classes', 'time_steps',
                    'num_heads', 'embed_dims', 'depths', 'neuron_backend', 'dataset', 'data_dir', 'dataset_download',
                    'img_size', 'batch_size', 'val_batch_size', 'workers', 'mean', 'std', 'interpolation', 'crop_pct',
-                   'amp', 'amp_dtype', 'eval_amp', 'limit_eval_batches', 'device', 'threads')
+                   'amp', 'amp_dtype', 'eval_amp', 'limit_eval_batches', 'device', 'threads', 'dataset_name')
+TEST_KEYS = ('results_file',)  # test.py's own (timm's validate.py --results-file)
 # timm's train.py/validate.py flags (issue 24; docs/timm.md maps every one). Kept in one block so that the policy and
 # the merge stay local: the keys, their short forms, the flags that take an optional value, and the reasons why a
 # timm flag deliberately does not exist here.

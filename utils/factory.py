@@ -125,12 +125,12 @@ def check_model(cfg: Config) -> None:
                           f'--model with a model for {cfg.dataset}, e.g. {", ".join(fit)}; or another --dataset.')
 
 
-def build_model(cfg: Config) -> nn.Module:
+def build_model(cfg: Config, training: bool = False) -> nn.Module:
     """``timm.create_model(cfg.model, ...)`` with the time steps, neuron backend and any non-null architecture
     overrides (num_heads, embed_dims, depths) of the config; ``num_classes`` null keeps the variant's. The name and
-    the input layout are checked first (:func:`check_model`)."""
+    the input layout are checked first (:func:`check_model`); ``training`` applies ``grad_checkpointing``."""
     check_model(cfg)
     model = _create(cfg)
-    if cfg.grad_checkpointing:  # as timm's train.py: after creation, through the model's own switch
-        model.set_grad_checkpointing(True)
+    if training and cfg.grad_checkpointing:  # as timm's train.py, through the model's own switch; an evaluation
+        model.set_grad_checkpointing(True)  # reads no training key
     return model

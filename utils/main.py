@@ -33,7 +33,7 @@ from .allow_change import allowed_keys, apply_allowed_changes, describe
 from .atomic import append_text, replace_atomically
 from .checkpoint import BEST, LAST, make_checkpoint, resume_checkpoint, save_run_checkpoint
 from .checkpoint_history import keep_history
-from .config import EVALUATION_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
+from .config import EVALUATION_KEYS, TEST_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
 from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
                    set_mixup_epoch, write_sample_files)
 from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
@@ -287,7 +287,7 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
         eval_dtype = amp_dtype if cfg.eval_amp else None
 
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        model = build_model(cfg)
+        model = build_model(cfg, training=True)
         loaded = load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint) \
             if initial_checkpoint else None
         model = model.to(device)
@@ -473,7 +473,7 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     evaluation, and the metrics are printed before they are written, so a failed write loses nothing.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(argv, default_config, help_keys=EVALUATION_KEYS)
+    cfg = load_config(argv, default_config, help_keys=EVALUATION_KEYS + TEST_KEYS)
     if cfg.checkpoint is None:
         raise UserError('--checkpoint PATH is required: the .pth.tar file to evaluate (a run\'s model_best.pth.tar '
                         'or last.pth.tar, or a published checkpoint).')
