@@ -502,11 +502,12 @@ def test_main(argv: Optional[Sequence[str]] = None, default_config: Optional[str
     path = os.path.join(output, 'results.json')
     write_text(path, json.dumps(results, indent=2), 'The metrics printed above were not saved.')
     print(f'results: {path}')
-    if cfg.results_file:  # timm's validate.py columns, and the checkpoint's hash (utils.provenance)
-        from .provenance import file_sha256
-        append_row(cfg.results_file, dict(results, param_count=sum(p.numel() for p in model.parameters()),
+    if cfg.results_file:  # timm's validate.py columns, the checkpoint's hash and the code's commit: one flat row
+        row = {k: v for k, v in results.items() if k not in ('checkpoint_sha256', 'checkpoint_provenance', 'provenance')}
+        append_row(cfg.results_file, dict(row, param_count=sum(p.numel() for p in model.parameters()),
                                           img_per_sec=metrics['samples'] / max(seconds, 1e-9),
-                                          sha256=file_sha256(cfg.checkpoint)))
+                                          sha256=results['checkpoint_sha256'],
+                                          commit=(results.get('provenance') or {}).get('git', {}).get('commit')))
         print(f'row added to {cfg.results_file}')
     return results
 
