@@ -89,6 +89,8 @@ def test_results_file_gets_one_row_per_evaluated_checkpoint(trained, tmp_path, n
     assert rows[0]['sha256'] == hashlib.sha256(trained.read_bytes()).hexdigest()
     assert int(rows[0]['param_count']) == 28_942 and float(rows[0]['img_per_sec']) > 0
     assert {'top1', 'top5', 'loss'} <= set(rows[1])
+    assert not any(isinstance(v, (dict, list)) for v in rows[0].values())  # one flat row, as timm's
+    assert 'provenance' not in rows[0] and 'checkpoint_sha256' not in rows[0] and 'commit' in rows[0]
 
 
 def test_a_results_file_that_cannot_take_the_row_is_refused_before_evaluating(trained, tmp_path, capsys):
