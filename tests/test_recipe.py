@@ -249,8 +249,8 @@ def test_event_data_evaluate_in_float32_under_an_amp_config(tmp_path, monkeypatc
         if module.training:
             seen['train'].add((torch.is_autocast_enabled('cpu'), output.dtype))
 
-    def build(cfg):
-        model = real_build(cfg)
+    def build(cfg, **kwargs):
+        model = real_build(cfg, **kwargs)
         model.head.register_forward_hook(record_training)
         return model
 
