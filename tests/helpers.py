@@ -316,3 +316,41 @@ def launcher(name: str) -> list:
 # that starts processes itself removes them from the environment it inherits.
 LAUNCH_VARIABLES = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID', 'SLURM_NTASKS',
                     'SLURM_LOCALID', 'SLURM_JOB_NODELIST', 'SLURM_NODELIST')
+
+
+# ------------------------------------------------------------------ the published code's reference records
+def lif_rates(model: torch.nn.Module) -> dict:
+    """Hooks every LIF of ``model``: the returned dict fills, at each forward, with each LIF's firing rate by name."""
+    import models
+    rates = {}
+    for name, module in model.named_modules():
+        if isinstance(module, models.LIF):
+            module.register_forward_hook(functools.partial(
+                lambda n, m, i, o: rates.__setitem__(n, o.float().mean().item()), name))
+    return rates
+
+
+def assert_reference_training_step(model: torch.nn.Module, reference: dict, own_name, unbuilt=None) -> None:
+    """One training step of ``model`` (in ``train()`` mode) gives the record's train logits, loss and the gradient of
+    every trainable parameter (relative error 1e-3 against a floor of 1e-4 of the largest gradient norm: biases right
+    before BatchNorm have a true gradient of zero, so their stored gradients are rounding noise). ``own_name`` maps a
+    published parameter name to this model's; ``unbuilt(own)`` says a published parameter is not built here (it
+    must then be absent)."""
+    logits = model(reference['input'])
+    torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
+    loss = torch.nn.functional.cross_entropy(logits, reference['target'])
+    assert loss.item() == pytest.approx(float(reference['loss']), abs=1e-5)
+    loss.backward()
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    floor = 1e-4 * max(g.norm() for g in reference['grads'].values())
+    checked = 0
+    for name, expected in reference['grads'].items():
+        own = own_name(name)
+        if unbuilt is not None and own not in params:
+            assert unbuilt(own), name
+            continue
+        grad = params[own].grad.reshape(expected.shape)  # the Spikformer DVS file's Conv1d MLP weights are Conv2d here
+        err = (grad - expected).norm() / max(expected.norm(), floor)
+        assert err < 1e-3, (name, err.item())
+        checked += 1
+    assert checked == len(params)

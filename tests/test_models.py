@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from conftest import reference_model
+from helpers import assert_reference_training_step, lif_rates
 import models
 from models.neuron import cupy_available, resolve_backend
 
@@ -73,16 +74,6 @@ def _published_to_own(name):
     return models.checkpoint._rename(name)
 
 
-def _lif_rates(model: nn.Module) -> dict:
-    """Hooks every LIF of ``model``: the returned dict fills, at each forward, with each LIF's firing rate by name."""
-    rates = {}
-    for name, module in model.named_modules():
-        if isinstance(module, models.LIF):
-            module.register_forward_hook(functools.partial(
-                lambda n, m, i, o: rates.__setitem__(n, o.float().mean().item()), name))
-    return rates
-
-
 def _reference_rates(reference: dict) -> dict:
     """The record's firing rates by this project's module names (the published tokenizer's ``block{i}_lif`` or
     ``proj{i}_lif`` is ``patch_embed.stages.{i-1}.lif`` here; the blocks' names are the published ones)."""
@@ -96,7 +87,7 @@ def test_reference_eval_logits_and_firing_rates(layout_reference, backend):
     computed, on both CPU neuron paths: logits and every neuron's firing rate."""
     reference = layout_reference
     model = reference_model(reference, backend).eval()
-    rates = _lif_rates(model)
+    rates = lif_rates(model)
     with torch.no_grad():
         logits = model(reference['input'])
     torch.testing.assert_close(logits, reference['logits_eval'], atol=1e-4, rtol=0)
@@ -108,25 +99,9 @@ def test_reference_eval_logits_and_firing_rates(layout_reference, backend):
 
 @pytest.mark.parametrize('backend', ['fused', 'torch'])
 def test_reference_train_logits_loss_and_gradients(layout_reference, backend):
-    reference = layout_reference
-    model = reference_model(reference, backend).train()
-    logits = model(reference['input'])
-    torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
-    loss = nn.functional.cross_entropy(logits, reference['target'])
-    assert loss.item() == pytest.approx(float(reference['loss']), abs=1e-5)
-    loss.backward()
-    params = dict(model.named_parameters())
-    floor = 1e-4 * max(g.norm() for g in reference['grads'].values())
-    checked = 0
-    for name, expected in reference['grads'].items():
-        own = _published_to_own(name)
-        if own not in params:  # the unused LayerNorms, not built here
-            assert re.match(r'block\.\d+\.norm[12]\.', own), name
-            continue
-        err = (params[own].grad - expected).norm() / max(expected.norm(), floor)
-        assert err < 1e-3, (name, err.item())
-        checked += 1
-    assert checked == len(params)
+    model = reference_model(layout_reference, backend).train()
+    assert_reference_training_step(model, layout_reference, _published_to_own,  # the unused LayerNorms: not built
+                                   unbuilt=lambda own: re.match(r'block\.\d+\.norm[12]\.', own))
 
 
 @pytest.mark.parametrize('training', [False, True])
@@ -309,7 +284,7 @@ def test_bf16_autocast_on_cpu(layout_reference, backend):
     CIFAR and ImageNet float32 training logits by 0.37, so there is no bf16 training output to pin."""
     reference = layout_reference
     model = reference_model(reference, backend).eval()
-    rates = _lif_rates(model)
+    rates = lif_rates(model)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         low = model(reference['input']).float()
     expected = _reference_rates(reference)

@@ -10,6 +10,7 @@ from torch import nn
 
 import models
 from conftest import FIXTURES
+from helpers import assert_reference_training_step, lif_rates
 
 SPIKFORMER_RECORDS = {'imagenet_style': 'imagenet', 'cifar_style': 'cifar', 'dvs_style': 'dvs'}
 
@@ -55,22 +56,13 @@ def _own_lif_name(published: str) -> str:
     return re.sub(r'\.mlp\.fc([12])_lif$', r'.mlp.mlp\1_lif', name)
 
 
-def _lif_rates(model: nn.Module) -> dict:
-    rates = {}
-    for name, module in model.named_modules():
-        if isinstance(module, models.LIF):
-            module.register_forward_hook(functools.partial(
-                lambda n, m, i, o: rates.__setitem__(n, o.float().mean().item()), name))
-    return rates
-
-
 @pytest.mark.parametrize('backend', ['fused', 'torch'])
 def test_reference_eval_logits_and_firing_rates(spikformer_reference, backend):
     """Every published Spikformer layout (ImageNet; CIFAR with nn.Linear layers; DVS with attention scale 0.25)
     computes what the published code computed, on both CPU neuron paths: logits and every neuron's firing rate."""
     reference = spikformer_reference
     model = spikformer_model(reference, backend)
-    rates = _lif_rates(model)
+    rates = lif_rates(model)
     with torch.no_grad():
         logits = model(reference['input'])
     torch.testing.assert_close(logits, reference['logits_eval'], atol=1e-4, rtol=0)
@@ -82,23 +74,8 @@ def test_reference_eval_logits_and_firing_rates(spikformer_reference, backend):
 
 @pytest.mark.parametrize('backend', ['fused', 'torch'])
 def test_reference_train_logits_loss_and_gradients(spikformer_reference, backend):
-    reference = spikformer_reference
-    model = spikformer_model(reference, backend).train()
-    logits = model(reference['input'])
-    torch.testing.assert_close(logits, reference['logits_train'], atol=1e-4, rtol=0)
-    loss = nn.functional.cross_entropy(logits, reference['target'])
-    assert loss.item() == pytest.approx(float(reference['loss']), abs=1e-5)
-    loss.backward()
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    floor = 1e-4 * max(g.norm() for g in reference['grads'].values())
-    checked = 0
-    for name, expected in reference['grads'].items():
-        own = models.checkpoint._rename(name)
-        grad = params[own].grad.reshape(expected.shape)  # the DVS file's Conv1d MLP weights are Conv2d here
-        err = (grad - expected).norm() / max(expected.norm(), floor)
-        assert err < 1e-3, (name, err.item())
-        checked += 1
-    assert checked == len(params)
+    model = spikformer_model(spikformer_reference, backend).train()
+    assert_reference_training_step(model, spikformer_reference, models.checkpoint._rename)
 
 
 def test_the_residual_stream_adds_spikes_to_spikes(spikformer_reference):
