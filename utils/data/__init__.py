@@ -1,0 +1,1 @@
+"""Data: data sets, loaders and their checks."""
