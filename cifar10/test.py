@@ -18,7 +18,7 @@ DEFAULT_CONFIG = os.path.join(HERE, 'cifar10.yml')
 
 
 def main(argv=None):
-    from utils.main import test_main
+    from utils.training.main import test_main
     return test_main(argv, DEFAULT_CONFIG)
 
 

@@ -16,7 +16,7 @@ DEFAULT_CONFIG = os.path.join(HERE, 'cifar10.yml')
 
 
 def main(argv=None):
-    from utils.main import train_main
+    from utils.training.main import train_main
     return train_main(argv, DEFAULT_CONFIG)
 
 

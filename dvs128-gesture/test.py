@@ -19,7 +19,7 @@ DEFAULT_CONFIG = os.path.join(HERE, 'dvs128gesture.yml')
 
 
 def main(argv=None):
-    from utils.main import test_main
+    from utils.training.main import test_main
     return test_main(argv, DEFAULT_CONFIG)
 
 

@@ -22,7 +22,7 @@ DEFAULT_CONFIG = os.path.join(HERE, 'dvs128gesture.yml')
 
 
 def main(argv=None):
-    from utils.main import train_main
+    from utils.training.main import train_main
     return train_main(argv, DEFAULT_CONFIG)
 
 

@@ -12,8 +12,8 @@ import torch
 
 from utils.config import (EVALUATION_KEYS, Bounds, Config, Key, config_from_checkpoint, has_config_option, load_config,
                           recorded_config)
-from utils.atomic import replace_atomically
 from utils.errors import UserError, writing
+from utils.run.atomic import replace_atomically
 
 REPORT_KEYS = {
     'limit_batches': Key(None, int, 'evaluate at most this many batches; null = the whole evaluation split',
@@ -41,7 +41,7 @@ class ReportRun:
 def checkpoint_record(path: str, checkpoint) -> dict:
     """What a report records of the checkpoint it read: the path as given, its absolute path, its SHA-256, and the
     provenance of the run that wrote it when the checkpoint records one (``checkpoint['provenance']``)."""
-    from utils.provenance import file_sha256
+    from utils.run.provenance import file_sha256
     record = {'path': path, 'abspath': os.path.abspath(path), 'sha256': file_sha256(path)}
     provenance = checkpoint.get('provenance') if isinstance(checkpoint, dict) else None
     if provenance is not None:
@@ -50,9 +50,9 @@ def checkpoint_record(path: str, checkpoint) -> dict:
 
 
 def report_provenance(script: str, argv: Optional[Sequence[str]], run: 'ReportRun') -> dict:
-    """The ``provenance`` and ``checkpoint`` entries of a report's JSON file (``utils.provenance``): the command is
+    """The ``provenance`` and ``checkpoint`` entries of a report's JSON file (``utils.run.provenance``): the command is
     ``sys.argv`` when the script runs from the shell (``argv`` None), else ``scripts/<script> argv...``."""
-    from utils.provenance import run_provenance
+    from utils.run.provenance import run_provenance
     command = None if argv is None else [os.path.join('scripts', script), *argv]
     return {'provenance': run_provenance(command, device=run.device), 'checkpoint': run.checkpoint}
 
@@ -67,11 +67,11 @@ def prepare_report(argv, extra_keys: dict, purpose: str, desc: str) -> ReportRun
     synthetic inputs (``energy.synthetic``) instead of the evaluation split, and ``--no-checkpoint`` builds the
     untrained model of the config for the architecture-only report (one zero input; no checkpoint, no data)."""
     from models import read_checkpoint
-    from utils.data import DVS_DATASETS, build_eval_loader, resolve_data_config
-    from utils.distributed import select_device
-    from utils.factory import build_model
-    from utils.main import amp_setup, default_output, load_trained_model
-    from utils.run_folder import check_output_location
+    from utils.data.loaders import DVS_DATASETS, build_eval_loader, resolve_data_config
+    from utils.training.distributed import select_device
+    from utils.training.factory import build_model
+    from utils.training.main import amp_setup, default_output, load_trained_model
+    from utils.run.run_folder import check_output_location
 
     cfg = load_config(argv, None, extra_keys=extra_keys, help_keys=EVALUATION_KEYS + tuple(extra_keys))
     no_checkpoint = 'no_checkpoint' in cfg and cfg.no_checkpoint
@@ -140,7 +140,7 @@ def check_synthetic_keys(cfg: Config, data: str) -> None:
 def write_report_files(output: str, files: Sequence[Tuple[str, Callable[[str], None]]]) -> list:
     """Write ``files`` (``(name, write(path))`` pairs) into ``output`` in order, naming each on the console.
 
-    Each file is written atomically (``utils.atomic``), so a failed write leaves no half file; the failure is a
+    Each file is written atomically (``utils.run.atomic``), so a failed write leaves no half file; the failure is a
     one-screen error saying which files were written and which were not (the caller prints its totals first, so a
     finished pass is never lost without a word)."""
     written = []

@@ -128,7 +128,7 @@ def check_checkpoint(checkpoint: Any, path: str, weights: bool = True) -> None:
                 continue
             number = numbers.Integral if kind is int else numbers.Real  # NumPy scalars included
             ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, number)
-            if ok and kind is int:  # a save inside the first epoch (utils.preemption) has completed epoch -1
+            if ok and kind is int:  # a save inside the first epoch (utils.training.preemption) has completed epoch -1
                 ok = value >= (-1 if name == 'epoch' and 'in_epoch' in checkpoint else least)
             if ok and kind is float:
                 ok = value == value or name == 'metric'  # NaN as the last epoch's metric is a fact, not damage

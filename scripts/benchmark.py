@@ -24,7 +24,8 @@ writes every raw timing to JSON.
 ``--grad-checkpointing both`` measures every path without and with activation checkpointing
 (``model.set_grad_checkpointing``) side by side, and adds each row's step time and step memory relative to the same
 path without it (docs/speed.md). ``--fit-batch-sizes 1,2`` (training only) measures at two batch sizes and prints the
-straight line ``step memory = a + b * batch`` through them, the model ``utils.memory_estimate`` stores per variant.
+straight line ``step memory = a + b * batch`` through them, the model ``utils.training.memory_estimate`` stores per
+variant.
 
     python scripts/benchmark.py --model spikingformer_cifar_4_384 --batch-size 16 --T 4 --device cpu
     python scripts/benchmark.py --model spikingformer_8_768 --batch-size 32 --device cuda --amp bf16

@@ -28,7 +28,7 @@ on the console):
 * ``energy.png``: energy per operation (log scale, in the title's unit, share on each bar) and input firing rate per
   operation, grouped into tokenizer, attention, MLP and head; Q/K/V firing rates per block.
 
-``energy.json`` also records ``provenance`` (command, git commit, versions, host: ``utils.provenance``) and
+``energy.json`` also records ``provenance`` (command, git commit, versions, host: ``utils.run.provenance``) and
 ``checkpoint`` (path, SHA-256, and the provenance of the training run when the checkpoint records one).
 Operations the estimator cannot classify are listed in ``unclassified`` (and under "Not counted"), never dropped
 silently. ``--no-checkpoint`` writes ``architecture.json``/``architecture.md`` instead; ``--compare`` writes

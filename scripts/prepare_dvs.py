@@ -18,7 +18,7 @@ the recording) and ``ROOT/events_np/<class name>/<recording>.npz`` (CIFAR10-DVS)
 
 The layout is built in ``ROOT/events_np.partial`` and renamed when every recording decoded, so an interrupted
 run leaves no half-prepared root and re-running is safe: a prepared root is left as it is (``--force``
-rebuilds it and drops the frame caches derived from the old events). Decoding: ``utils/aedat.py``.
+rebuilds it and drops the frame caches derived from the old events). Decoding: ``utils/data/aedat.py``.
 
 ``--synthetic`` writes a tiny raw dataset in the real formats into RAW (moving and flickering shapes, one
 class per shape and motion, learnable by a small network in a few epochs); with ``--root`` it is then
@@ -47,8 +47,8 @@ with exit_on_interrupt(INTERRUPTED):
     import numpy as np
     from tqdm import tqdm
 
-    from utils.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31
-    from utils.atomic import replace_atomically
+    from utils.data.aedat import DecodeError, check_events, parse_aedat20_cifar10dvs, parse_aedat31
+    from utils.run.atomic import replace_atomically
 
 DATASETS = ('dvs128-gesture', 'cifar10-dvs')
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')

@@ -9,7 +9,7 @@ alike. Writes into ``--output``:
 
 * ``spikes.json``: per neuron (by module name, network order): firing rate per time step and overall, fractions of
   silent and always-firing channels, the layers reading its spikes; the first sample's Q/K/V rates per head; the
-  ``provenance`` of the report (``utils.provenance``) and the ``checkpoint`` (path, SHA-256, the training run's
+  ``provenance`` of the report (``utils.run.provenance``) and the ``checkpoint`` (path, SHA-256, the training run's
   provenance when the checkpoint records one);
 * ``spikes.md``: the same as tables;
 * ``firing_rates.png``: neuron x time step heat map of firing rates, with the overall rates;

@@ -100,7 +100,7 @@ def write_cifar10(root: Path, train: Union[int, Sequence[int]] = 16, test: int =
 
 class EventFrames(torch.utils.data.Dataset):
     """``n`` event samples as the DVS data sets give them (T=2 frames of 2 x 32 x 32 Poisson counts, 11 classes, a
-    file name each), to stand in for ``utils.dvs_data.build_dvs_datasets``' splits."""
+    file name each), to stand in for ``utils.data.dvs_data.build_dvs_datasets``' splits."""
 
     def __init__(self, n: int):
         self.n, self.sample_files = n, [f'sample{i}.npz' for i in range(n)]
@@ -141,7 +141,7 @@ def train_and_kill(argv, function: str, written: str, n: int, when: str) -> None
     """Fork; the child runs ``train_main(argv)`` and SIGKILLs itself at the n-th call of ``function`` ('os.replace',
     'os.link' or 'torch.save') that writes a file whose name starts with ``written``, ``when`` 'before' or 'after'
     the call. The child inherits the test's monkeypatches (no interpreter start-up); needs fork (POSIX)."""
-    from utils.main import train_main
+    from utils.training.main import train_main
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 1
@@ -241,7 +241,8 @@ class CountingEma:
 class EagerScaler(torch.amp.GradScaler):
     """A gradient scaler that doubles its scale after every good step (``growth_interval`` 1 instead of 2000), so that
     a run of a few batches overflows float16 gradients, skips steps and backs off, as a long CUDA run does over
-    thousands of steps. Tests put it in place of ``torch.amp.GradScaler``, which ``utils.main.amp_setup`` builds."""
+    thousands of steps. Tests put it in place of ``torch.amp.GradScaler``, which ``utils.training.main.amp_setup``
+    builds."""
 
     def __init__(self, device: str = 'cuda', **kwargs):
         super().__init__(device, **{**kwargs, 'growth_interval': 1})
@@ -254,7 +255,7 @@ import json, os, sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 import torch
-import utils.main as main
+import utils.training.main as main
 from helpers import EagerScaler
 from utils.errors import run_cli
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, assert_same_run, read_summary, refused, write_cifar10
-from utils import main as main_module
-from utils.main import train_main
+from utils.training import main as main_module
+from utils.training.main import train_main
 
 NEW_LR = 2e-3
 RUN = TINY + SCHEDULE + ['--limit-train-batches', '2', '--limit-eval-batches', '1']

@@ -1,12 +1,12 @@
-"""The one atomic writer (utils.atomic): whole file or the old one, no temporary left, the extension kept for writers
-that pick the format by it, and the run folder's clean-up of what a kill leaves."""
+"""The one atomic writer (utils.run.atomic): whole file or the old one, no temporary left, the extension kept for
+writers that pick the format by it, and the run folder's clean-up of what a kill leaves."""
 import os
 
 import matplotlib
 import pytest
 
-from utils.atomic import replace_atomically, temporary_name
-from utils.run_folder import remove_temporaries
+from utils.run.atomic import replace_atomically, temporary_name
+from utils.run.run_folder import remove_temporaries
 
 matplotlib.use('Agg')
 

@@ -9,8 +9,8 @@ import torch
 
 import models
 from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, write_cifar10
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,6 @@
 """Defaults nobody's config exercises: every published value that the published runs took from an argparse or
 library default (rather than from their YAML) comes, here too, from this project's defaults (the schema's, or the
-data set's in ``utils.data.DATASETS``) when the config leaves the key out.
+data set's in ``utils.data.loaders.DATASETS``) when the config leaves the key out.
 
 Every shipped config writes most keys out, so the published rows (tests/test_recipe.py) pass whatever the defaults
 are. Here each published config is loaded with the keys of :data:`FROM_DEFAULTS` removed, and must still resolve to
@@ -13,7 +13,7 @@ from helpers import REPO
 from test_eval_transforms import write_cifar100
 from test_recipe import ROWS
 from utils.config import load_config
-from utils.data import build_loaders, resolve_data_config
+from utils.data.loaders import build_loaders, resolve_data_config
 
 IMAGE_DEFAULTS = (
     # argparse defaults of the published train.py (never set in the published YAML of ImageNet)

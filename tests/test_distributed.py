@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import REPO, TINY, launcher, on_a_free_port, read_summary, run, write_cifar10
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 
 
 @pytest.fixture(scope='module')

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from helpers import load_script
-from utils import aedat
-from utils.dvs_data import CIFAR10DVS_CLASSES, DVSAugment, build_dvs_datasets, split_cifar10dvs
+from utils.data import aedat
+from utils.data.dvs_data import CIFAR10DVS_CLASSES, DVSAugment, build_dvs_datasets, split_cifar10dvs
 from utils.errors import UserError
 
 prepare_dvs = load_script('prepare_dvs')

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from helpers import REPO, TINY_MODEL
-from utils import main as engine  # (not `from ... import test_main`: pytest would collect it)
+from utils.training import main as engine  # (not `from ... import test_main`: pytest would collect it)
 
 
 def run_script(monkeypatch, path, argv):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from helpers import load_script
+from utils.data.dvs_data import build_dvs_datasets
 from utils.errors import EXIT_BAD_INPUT, DataError
-from utils.dvs_data import build_dvs_datasets
 
 prepare_dvs = load_script('prepare_dvs')
 

@@ -13,9 +13,9 @@ import models
 from energy.constants import E_AC_PJ, E_MAC_PJ
 from helpers import IMAGENET_YML, TINY_DIGITS_CONFIG, load_script
 from utils.config import load_config
-from utils.data import build_eval_loader
-from utils.engine import evaluate
+from utils.data.loaders import build_eval_loader
 from utils.errors import UserError
+from utils.training.engine import evaluate
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
@@ -88,7 +88,7 @@ def test_requires_a_checkpoint(tiny_run):
 
 
 def test_float16_autocast_on_cpu(tiny_run):
-    """--precision amp --amp-dtype float16: the CUDA default's autocast, on CPU too (utils.main.amp_setup)."""
+    """--precision amp --amp-dtype float16: the CUDA default's autocast, on CPU too (utils.training.main.amp_setup)."""
     config, checkpoint, root = tiny_run
     common = ['--config', str(config), '--checkpoint', str(checkpoint), '--limit-batches', '1']
     load_script('energy_report').main(common + ['--output', str(root / 'fp32_16')])

@@ -18,12 +18,12 @@ from PIL import Image
 
 from helpers import (CIFAR10_YML, IMAGENET_YML, REPO, SCHEDULE, TINY, TINY_MODEL, EventFrames, read_summary, refused,
                      run, write_cifar10)
-from utils import checkpoint as run_checkpoint
 from utils.config import load_config
-from utils.data import build_loaders, digits, write_sample_files
+from utils.data.loaders import build_loaders, digits, write_sample_files
 from utils.errors import EXIT_BAD_INPUT
-from utils.main import SUMMARY_COLUMNS, train_main
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.run import checkpoint as run_checkpoint
+from utils.training.main import SUMMARY_COLUMNS, train_main
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 
 
 @pytest.fixture(scope='module')
@@ -131,7 +131,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, capsy
     shutil.copytree(runs['before_resume'], run_dir)
     last = (run_dir / 'last.pth.tar').read_bytes()
     # a loss that diverges in the resumed epoch (a resume cannot change --lr, a recipe key)
-    monkeypatch.setattr('utils.main.train_loss_fn', lambda *_: lambda out, target: out.float().sum() * float('nan'))
+    monkeypatch.setattr('utils.training.main.train_loss_fn',
+                        lambda *_: lambda out, target: out.float().sum() * float('nan'))
     refused(capsys, train_main, runs['base'] + ['--epochs', '4', '--resume', str(run_dir / 'last.pth.tar')],
             'NaN', 'last.pth.tar', '--lr')
     assert (run_dir / 'last.pth.tar').read_bytes() == last
@@ -223,10 +224,10 @@ def test_digits_dataset_is_fixed():
 
 
 def test_event_data_get_plain_loaders_and_batch_mixup(tmp_path, monkeypatch):
-    """DVS data sets come from utils.dvs_data already augmented: a plain loader of [T, 2, H, W] frames, timm's Mixup
-    on the 5-D batch, and their file lists written into the run folder."""
-    import utils.dvs_data
-    monkeypatch.setattr(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(3)),
+    """DVS data sets come from utils.data.dvs_data already augmented: a plain loader of [T, 2, H, W] frames, timm's
+    Mixup on the 5-D batch, and their file lists written into the run folder."""
+    import utils.data.dvs_data
+    monkeypatch.setattr(utils.data.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(3)),
                         raising=False)
     cfg = load_config(['--dataset', 'dvs128-gesture', '--batch-size', '4', '--workers', '0', '--mixup', '0.5',
                        '--mixup-prob', '1', '--output', str(tmp_path)])

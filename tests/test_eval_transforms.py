@@ -18,7 +18,7 @@ from torchvision import transforms
 
 from helpers import REPO, write_cifar10
 from utils.config import load_config
-from utils.data import build_eval_loader, build_loaders
+from utils.data.loaders import build_eval_loader, build_loaders
 
 INTERPOLATION = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR, 'nearest': Image.NEAREST}
 # The published evaluation constants of each data set (the published YAML files and timm's eval transform).
@@ -140,7 +140,7 @@ def test_crop_pct_and_interpolation_reach_the_evaluation(roots, crop_pct, interp
 
 def test_the_quick_start_digits_are_evaluated_unaugmented():
     cfg = load_config(['--val-batch-size', '4'], str(REPO / 'cifar10' / 'quickstart.yml'))
-    from utils.data import DIGITS_MEAN, DIGITS_STD
+    from utils.data.loaders import DIGITS_MEAN, DIGITS_STD
     check_eval_loader(build_eval_loader(cfg), cfg, dict(img_size=16, crop_pct=1.0, interpolation='bicubic',
                                                         mean=DIGITS_MEAN, std=DIGITS_STD))
 
@@ -149,7 +149,7 @@ def test_the_quick_start_digits_are_evaluated_unaugmented():
                                              ('cifar10-dvs', 'cifar10-dvs/cifar10dvs.yml')])
 def test_event_data_are_evaluated_on_the_cached_frames(synthetic_roots, dataset, config):
     """test.py's loader of event data: the cached frames in order, untransformed, whatever dvs_augment says."""
-    from utils.dvs_data import load_frames
+    from utils.data.dvs_data import load_frames
     cfg = load_config(['--data-dir', str(synthetic_roots[dataset]), '--workers', '0', '--val-batch-size', '3',
                        '-T', '2'], str(REPO / config))
     loader = build_eval_loader(cfg)

@@ -8,9 +8,9 @@ import torch
 
 from helpers import CIFAR10_YML, TINY, read_summary, refused, write_cifar10
 from utils.config import load_config
-from utils.factory import build_model
-from utils.finetune import load_initial_checkpoint
-from utils.main import train_main
+from utils.training.factory import build_model
+from utils.training.finetune import load_initial_checkpoint
+from utils.training.main import train_main
 
 SHORT = ['--epochs', '1', '--warmup-epochs', '1', '--cooldown-epochs', '0', '--limit-train-batches', '2',
          '--limit-eval-batches', '1']

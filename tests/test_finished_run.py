@@ -1,5 +1,5 @@
-"""Finished runs stay finished (utils.finished_run): a resume of a complete run says so, exits 0 and touches nothing;
-a resume with fewer epochs than trained is refused and changes nothing; args.yaml never names a recipe that the
+"""Finished runs stay finished (utils.run.finished_run): a resume of a complete run says so, exits 0 and touches
+nothing; a resume with fewer epochs than trained is refused and changes nothing; args.yaml never names a recipe that the
 checkpoints did not train with."""
 import os
 import subprocess
@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, read_summary, refused, train_and_kill, write_cifar10
-from utils import run_folder
 from utils.errors import run_cli
-from utils.main import train_main
+from utils.run import run_folder
+from utils.training.main import train_main
 
 
 @pytest.fixture(scope='module')

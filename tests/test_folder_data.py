@@ -15,8 +15,8 @@ from PIL import Image
 import models  # noqa: F401
 from helpers import IMAGENET_YML, TINY, refused
 from test_finetune import as_published_cifar
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 CLASSES = ['cat', 'dog', 'fox']
 

@@ -1,6 +1,6 @@
 """float16 autocast with a gradient scaler on CPU: the code path of the faithful CUDA recipe (``amp_dtype: auto`` is
-float16 there), which ``--amp-dtype float16`` runs on CPU too (``utils.main.amp_setup`` builds the scaler for the
-device's type). Training, the scaler's state in the checkpoint and an exact resume after a kill, steps the scaler
+float16 there), which ``--amp-dtype float16`` runs on CPU too (``utils.training.main.amp_setup`` builds the scaler for
+the device's type). Training, the scaler's state in the checkpoint and an exact resume after a kill, steps the scaler
 skips on inf gradients (no NaN stop, no EMA update), gradient accumulation (one unscale per optimizer step) and two
 gloo processes.
 
@@ -17,9 +17,9 @@ from timm.utils import ModelEmaV3
 from helpers import (CIFAR10_YML, TINY, TINY_MODEL, CountingEma, EagerScaler, assert_same_run, read_summary,
                      train_and_kill, two_process_training, write_cifar10)
 from utils.config import load_config
-from utils.engine import train_loss_fn, train_one_epoch
-from utils.factory import build_model
-from utils.main import amp_setup, train_main
+from utils.training.engine import train_loss_fn, train_one_epoch
+from utils.training.factory import build_model
+from utils.training.main import amp_setup, train_main
 
 FP16 = ['--amp', 'true', '--amp-dtype', 'float16']
 # a schedule and data pipeline under which 6 epochs of the tiny model visibly learn the CIFAR writer's colour cue
@@ -55,7 +55,7 @@ def test_float16_trains_like_float32(runs):
     fp16, fp32 = ([float(r['train_loss']) for r in read_summary(root / name)] for name in ('fp16', 'fp32'))
     assert fp16[-1] < 0.75 * fp16[0]  # it learns (about 2.26 -> 1.46)
     # as float32 does: over seeds 1-5 the final losses of these 6-epoch runs differ by up to 0.15 (per-worker
-    # augmentation streams) and up to 0.28 (the keyed streams of utils.resumable_data): rounding chaos, not a trend
+    # augmentation streams) and up to 0.28 (the keyed streams of utils.data.resumable_data): rounding chaos, not a trend
     assert abs(fp16[-1] - fp32[-1]) < 0.3
     scaler = torch.load(root / 'fp16' / 'last.pth.tar', weights_only=True)['amp_scaler']
     # the default scaler never overflowed this tiny model: 6 epochs x 5 batches, every step counted towards growth

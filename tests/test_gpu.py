@@ -22,10 +22,10 @@ from models.backend_check import (CUPY_DTYPES, DTYPES, model_failure, model_rows
                                   paths_on)
 from models.neuron import cupy_available, resolve_backend
 from utils.config import load_config
-from utils.engine import train_loss_fn, train_one_epoch
-from utils.factory import build_model
-from utils.main import amp_setup, build_optimizer, train_main
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.engine import train_loss_fn, train_one_epoch
+from utils.training.factory import build_model
+from utils.training.main import amp_setup, build_optimizer, train_main
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 
 pytestmark = pytest.mark.gpu
 

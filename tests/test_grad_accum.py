@@ -13,10 +13,10 @@ from torch import nn
 
 from helpers import CIFAR10_YML, TINY_MODEL, CountingEma, refused
 from utils.config import load_config
-from utils.engine import accumulation_group_size, train_loss_fn, train_one_epoch
 from utils.errors import NonFiniteLossError
-from utils.factory import build_model
-from utils.main import train_main
+from utils.training.engine import accumulation_group_size, train_loss_fn, train_one_epoch
+from utils.training.factory import build_model
+from utils.training.main import train_main
 
 MODEL_ARGS = TINY_MODEL + ['-T', '1', '--img-size', '16', '--num-classes', '10']
 B = 4

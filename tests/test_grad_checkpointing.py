@@ -14,7 +14,7 @@ from conftest import load_reference, reference_model
 from helpers import free_port
 from models.activation_checkpoint import checkpoint_sequence
 from utils.config import load_config
-from utils.factory import build_model
+from utils.training.factory import build_model
 
 REL = 1e-6
 
@@ -162,7 +162,7 @@ def test_a_training_run_with_the_flag_equals_one_without(tmp_path, monkeypatch):
     """Through train.py's path (config key, factory, engine) with gradient accumulation: the same summary.csv and
     weights, BatchNorm statistics included."""
     from helpers import CIFAR10_YML, SCHEDULE, TINY, read_summary, write_cifar10
-    from utils.main import train_main
+    from utils.training.main import train_main
     data = write_cifar10(tmp_path / 'data')
     argv = ['--config', CIFAR10_YML, *TINY, *SCHEDULE, '--data-dir', str(data), '--epochs', '1',
             '--grad-accum-steps', '2']

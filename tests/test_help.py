@@ -7,7 +7,7 @@ import pytest
 from helpers import REPO, load_script
 from utils import config as config_module
 from utils.config import EVALUATION_KEYS, SCHEMA, TEST_KEYS
-from utils.main import test_main as evaluate_main, train_main
+from utils.training.main import test_main as evaluate_main, train_main
 
 
 def _listed(main, capsys) -> list:

@@ -1,4 +1,4 @@
-"""ImageFolder data (ImageNet's layout) read through ``utils.image_files``: 16-bit images scaled, not clipped to
+"""ImageFolder data (ImageNet's layout) read through ``utils.data.image_files``: 16-bit images scaled, not clipped to
 white; a split of unreadable images refused in training and in both report scripts, naming the files; an unreadable
 class folder named as unreadable, not as empty."""
 import os
@@ -12,9 +12,9 @@ from PIL import Image
 import models  # noqa: F401 (registers the models with timm)
 from helpers import IMAGENET_YML, TINY_MODEL, load_script, refused
 from utils.config import load_config
-from utils.data import build_datasets
+from utils.data.loaders import build_datasets
 from utils.errors import DataError
-from utils.main import train_main
+from utils.training.main import train_main
 
 ARGS = TINY_MODEL + ['-T', '1', '--img-size', '16', '--batch-size', '2', '--val-batch-size', '2', '--workers', '0',
                      '--amp', 'false', '--num-classes', '2', '--epochs', '1', '--cooldown-epochs', '0']

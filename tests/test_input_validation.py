@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, refused, write_cifar10
-from utils.main import train_main
+from utils.training.main import train_main
 
 
 @pytest.fixture(scope='module')

@@ -82,7 +82,7 @@ def test_train_py(cifar, tmp_path, after, delay, again):
 
 
 def test_frame_cache_building_and_prepare_dvs(tmp_path):
-    from utils.dvs_data import build_dvs_datasets
+    from utils.data.dvs_data import build_dvs_datasets
     raw, root = tmp_path / 'raw', tmp_path / 'root'
     # as prepare_dvs.py starts to write synthetic raw data (it makes the raw folder first; about 2 s of work remain)
     assert_one_line(*interrupt(['scripts/prepare_dvs.py', 'cifar10-dvs', '--synthetic', '--raw', raw, '--root', root,

@@ -1,5 +1,5 @@
-"""No byte is written through a link (utils.atomic): appends go only to a regular file with one link, whole files are
-replaced by a rename. A symlinked log.txt or train_files.txt, and a run folder copied with ``cp -al`` (every file a
+"""No byte is written through a link (utils.run.atomic): appends go only to a regular file with one link, whole files
+are replaced by a rename. A symlinked log.txt or train_files.txt, and a run folder copied with ``cp -al`` (every file a
 hard link of the original's, the claim's lock file included), are written in their own folder only."""
 import os
 import subprocess
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from helpers import CIFAR10_YML, REPO, SCHEDULE, TINY, EventFrames, read_summary, write_cifar10
-from utils import run_claim
-from utils.atomic import NotAFileOfItsOwn, append_text
-from utils.data import write_sample_files
-from utils.main import train_main
+from utils.data.loaders import write_sample_files
+from utils.run import run_claim
+from utils.run.atomic import NotAFileOfItsOwn, append_text
+from utils.training.main import train_main
 
 
 def test_an_append_to_a_symlink_copies_it_and_leaves_the_target_alone(tmp_path):
@@ -81,7 +81,7 @@ def test_a_hard_link_copy_of_a_run_resumes_without_touching_the_original(two_epo
     subprocess.run(['cp', '-r', str(two_epochs), str(original)], check=True)
     # a claim held in the original (its run is going on); the copy then shares the lock file too
     holder = subprocess.Popen([sys.executable, '-c', f'import sys, time; sys.path.insert(0, {str(REPO)!r}); '
-                               f'from utils.run_claim import claim_folder; claim_folder({str(original)!r}, str); '
+                               f'from utils.run.run_claim import claim_folder; claim_folder({str(original)!r}, str); '
                                f'print("held", flush=True); time.sleep(600)'], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'held'

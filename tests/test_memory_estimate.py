@@ -1,13 +1,14 @@
-"""The memory-aware start (utils.memory_estimate): a run whose estimated step memory exceeds the free memory is refused
-before anything is written, naming the options; an allocation failure during training is one screen with numbers."""
+"""The memory-aware start (utils.training.memory_estimate): a run whose estimated step memory exceeds the free memory is
+refused before anything is written, naming the options; an allocation failure during training is one screen with
+numbers."""
 import pytest
 import torch
 
-import utils.main
-import utils.memory_estimate as memory
+import utils.training.main
+import utils.training.memory_estimate as memory
 from helpers import CIFAR10_YML, TINY, refused, write_cifar10
 from utils.config import load_config
-from utils.main import train_main
+from utils.training.main import train_main
 
 VARIANT = 'spikingformer_cifar_4_384'
 
@@ -59,7 +60,7 @@ def test_an_allocation_failure_during_training_is_one_screen(tmp_path, capsys, m
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you "
                            "tried to allocate 123456789 bytes.")
-    monkeypatch.setattr(utils.main, 'train_one_epoch', out_of_memory)
+    monkeypatch.setattr(utils.training.main, 'train_one_epoch', out_of_memory)
     refused(capsys, train_main, ['--config', CIFAR10_YML, *TINY, '--data-dir', str(data), '--epochs', '1',
                                  '--warmup-epochs', '0',
                                  '--output', str(tmp_path / 'run')],

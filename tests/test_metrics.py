@@ -1,4 +1,4 @@
-"""``utils.engine.evaluate`` on hand-made logits: top-1 and top-5 on samples where they differ, over batches of
+"""``utils.training.engine.evaluate`` on hand-made logits: top-1 and top-5 on samples where they differ, over batches of
 unequal size, with ``limit_batches``, and sharded over two processes (gloo) as a distributed run evaluates, against
 counts made by hand. The "model" returns each sample's logits, the images being the samples' indices."""
 import json
@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from helpers import REPO, finish, on_a_free_port
-from utils.engine import evaluate
+from utils.training.engine import evaluate
 
 CLASSES = 10
 # The rank of each sample's target among its logits (1 = the largest): 3 top-1 hits, 9 top-5 hits of 13, including
@@ -112,8 +112,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from test_metrics import Lookup, Samples
-from utils.data import Shard
-from utils.engine import evaluate
+from utils.data.loaders import Shard
+from utils.training.engine import evaluate
 rank, port = int(sys.argv[1]), sys.argv[2]
 dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{{port}}', rank=rank, world_size=2)
 loader = DataLoader(Shard(Samples(), rank, 2), batch_size=4)

@@ -1,7 +1,7 @@
 """A failure of one process in the middle of a distributed epoch (a damaged sample read by rank 1 only, outside the
 start-up's ``fail_together`` blocks) ends the run with that process's one message: the other process, whose gradient
 all-reduce breaks when rank 1 exits, ends quietly with the same exit code instead of printing a gloo traceback
-(``utils.distributed.share_failure``). Two gloo processes on CPU, started as ``srun`` starts them."""
+(``utils.training.distributed.share_failure``). Two gloo processes on CPU, started as ``srun`` starts them."""
 import os
 import subprocess
 import sys
@@ -14,15 +14,15 @@ TASK = '''
 import os, sys
 sys.path.insert(0, {repo!r})
 from utils.errors import DataError, run_cli
-import utils.data
-from utils.main import train_main
-read, calls = utils.data.ArrayImages.__getitem__, []
+import utils.data.loaders
+from utils.training.main import train_main
+read, calls = utils.data.loaders.ArrayImages.__getitem__, []
 def damaged_on_rank_1(self, index):
     calls.append(index)
     if os.environ['SLURM_PROCID'] == '1' and len(calls) > 20:
         raise DataError(f'cannot read sample {{index}}: damaged (rank 1)')
     return read(self, index)
-utils.data.ArrayImages.__getitem__ = damaged_on_rank_1
+utils.data.loaders.ArrayImages.__getitem__ = damaged_on_rank_1
 run_cli(lambda argv: train_main(argv, {config!r}))
 '''
 

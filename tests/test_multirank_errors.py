@@ -10,7 +10,7 @@ import torch
 
 from helpers import CIFAR10_YML, LAUNCH_VARIABLES, REPO, TINY, free_port, launcher, run, write_cifar10
 from utils.errors import EXIT_BAD_INPUT
-from utils.main import train_main
+from utils.training.main import train_main
 
 TRAIN = ['--epochs', '3', '--warmup-epochs', '1', '--cooldown-epochs', '0', '--device', 'cpu'] + TINY + \
     ['--batch-size', '8']
@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, {repo!r})
 import torch
 from utils.errors import run_cli
-from utils.main import train_main
+from utils.training.main import train_main
 save, calls = torch.save, []
 def save_until_full(obj, path):
     calls.append(path)

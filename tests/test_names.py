@@ -7,8 +7,8 @@ import pytest
 
 from helpers import REPO
 from utils.config import load_config
-from utils.factory import architecture_label, architecture_overrides, override_note, run_name
-from utils.main import train_main
+from utils.training.factory import architecture_label, architecture_overrides, override_note, run_name
+from utils.training.main import train_main
 
 QUICKSTART = str(REPO / 'cifar10' / 'quickstart.yml')
 
@@ -58,7 +58,7 @@ def test_a_run_under_overrides_is_named_for_what_runs(tmp_path, monkeypatch):
                          '--limit-eval-batches', '1', '--num-heads', '4'])
     folder = result['output']
     assert os.path.dirname(folder) == os.path.join('output', 'train')
-    # <time>-<dataset>-<architecture that runs>-<unique suffix> (utils.run_claim)
+    # <time>-<dataset>-<architecture that runs>-<unique suffix> (utils.run.run_claim)
     assert re.search(r'-digits-spikingformer_cifar_4_256-depths1-embed_dims32-num_heads4-T2-[0-9a-f]{4}$', folder)
     label = 'spikingformer_cifar_4_256 (overridden: depths 1, embed_dims 32, num_heads 4, T 2)'
     args = open(os.path.join(folder, 'args.yaml')).read()

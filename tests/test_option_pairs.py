@@ -16,11 +16,11 @@ from timm.utils import ModelEmaV3
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, CountingEma, write_cifar10
 from test_grad_accum import B, MODEL_ARGS, FrozenBatchNormStatistics, batches
-from utils import main as main_module
 from utils.config import load_config
-from utils.engine import train_loss_fn, train_one_epoch
-from utils.factory import build_model
-from utils.main import train_main
+from utils.training import main as main_module
+from utils.training.engine import train_loss_fn, train_one_epoch
+from utils.training.factory import build_model
+from utils.training.main import train_main
 
 
 class StopBeforeTraining(Exception):

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, read_summary, refused, write_cifar10
-from utils import run_folder
 from utils.config import PATH_KEYS, load_config
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.run import run_folder
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 
 @pytest.fixture(scope='module')

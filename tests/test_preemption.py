@@ -1,6 +1,6 @@
-"""Mid-epoch checkpoints (utils.preemption, utils.resumable_data): a run stopped by SIGUSR1 between two optimizer steps,
-or killed after an interval save, continues from that step to the same final weights and summary.csv as an
-uninterrupted run, bit for bit, with mixup, random erasing, gradient accumulation and loader workers on."""
+"""Mid-epoch checkpoints (utils.training.preemption, utils.data.resumable_data): a run stopped by SIGUSR1 between two
+optimizer steps, or killed after an interval save, continues from that step to the same final weights and summary.csv as
+an uninterrupted run, bit for bit, with mixup, random erasing, gradient accumulation and loader workers on."""
 import os
 import signal
 import subprocess
@@ -8,11 +8,11 @@ import subprocess
 import pytest
 import torch
 
-import utils.engine
+import utils.training.engine
 from helpers import (CIFAR10_YML, LAUNCH_VARIABLES, REPO, SCHEDULE, TINY, launcher, on_a_free_port, read_summary,
                      train_and_kill, write_cifar10)
-from utils.main import train_main
-from utils.preemption import check_in_epoch, resume_command
+from utils.training.main import train_main
+from utils.training.preemption import check_in_epoch, resume_command
 
 # 5 batches of 16 per epoch, steps after batches 2, 4 and 5 (the last group is partial); two loader workers
 RECIPE = TINY + SCHEDULE + ['--epochs', '2', '--mixup', '0.8', '--cutmix', '1.0', '--reprob', '0.5',
@@ -47,14 +47,14 @@ def assert_bitwise_same_run(folder, reference):
 
 def _signal_at_step(monkeypatch, n: int, signum=signal.SIGUSR1):
     """The n-th optimizer step of the run sends ``signum`` to this process (as SLURM would, at any instant)."""
-    step, calls = utils.engine.optimizer_step, []
+    step, calls = utils.training.engine.optimizer_step, []
 
     def signalling_step(*args, **kwargs):
         calls.append(1)
         if len(calls) == n:
             os.kill(os.getpid(), signum)
         return step(*args, **kwargs)
-    monkeypatch.setattr(utils.engine, 'optimizer_step', signalling_step)
+    monkeypatch.setattr(utils.training.engine, 'optimizer_step', signalling_step)
 
 
 def test_sigusr1_saves_mid_epoch_and_resume_is_bitwise_uninterrupted(data, uninterrupted, tmp_path, monkeypatch,
@@ -101,9 +101,9 @@ def test_a_mid_epoch_state_needs_the_same_number_of_processes():
 SIGNALLING_RANK = r"""
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-import utils.engine as engine
+import utils.training.engine as engine
 from utils.errors import run_cli
-from utils.main import train_main
+from utils.training.main import train_main
 
 step, calls = engine.optimizer_step, []
 
@@ -153,15 +153,15 @@ def test_two_processes_stop_together_and_resume_bitwise(tmp_path):
 
 def test_sigterm_during_evaluation_stops_after_the_epochs_checkpoint(data, uninterrupted, tmp_path, monkeypatch,
                                                                       capsys):
-    import utils.main
-    evaluate, calls = utils.main.evaluate, []
+    import utils.training.main
+    evaluate, calls = utils.training.main.evaluate, []
 
     def signalled_evaluate(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return evaluate(*args, **kwargs)
-    monkeypatch.setattr(utils.main, 'evaluate', signalled_evaluate)
+    monkeypatch.setattr(utils.training.main, 'evaluate', signalled_evaluate)
     out = tmp_path / 'run'
     with pytest.raises(SystemExit) as stopped:
         train_main(_argv(data, out))

@@ -11,8 +11,8 @@ import torch
 import models  # noqa: F401  (registers the variants)
 from helpers import CIFAR10_YML, TINY, refused, write_cifar10
 from test_finetune import as_published_cifar
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 TINY_KWARGS = dict(embed_dims=32, depths=1, num_heads=2, T=1)
 # the paper's input size and the data set's normalisation; crop_pct 1.0 as the published evaluation

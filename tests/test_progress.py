@@ -1,7 +1,7 @@
-"""The timing arithmetic behind the progress lines (utils.progress), on a fake clock."""
+"""The timing arithmetic behind the progress lines (utils.training.progress), on a fake clock."""
 import pytest
 
-from utils.progress import EpochMeter, RunClock, format_duration
+from utils.training.progress import EpochMeter, RunClock, format_duration
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""utils.provenance: the git state (clean, dirty, no checkout), the versions and the file hash."""
+"""utils.run.provenance: the git state (clean, dirty, no checkout), the versions and the file hash."""
 import hashlib
 import os
 import shutil
@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 
-from utils import provenance
-
+from utils.run import provenance
 pytestmark = pytest.mark.skipif(shutil.which('git') is None, reason='git is not installed')
 
 

@@ -1,8 +1,8 @@
 """Randomness per process, and the EMA under several processes, in two gloo processes launched by torchrun.
 
-Every epoch reseeds from (seed, rank, epoch) (``utils.main.seed_everything``): different ranks must draw different
-shuffles, augmentations and mixup draws, and a rank must draw the same ones again after a resume. The training set
-holds one image, repeated with different labels, so that two augmented batches differ only by their random draws.
+Every epoch reseeds from (seed, rank, epoch) (``utils.training.main.seed_everything``): different ranks must draw
+different shuffles, augmentations and mixup draws, and a rank must draw the same ones again after a resume. The training
+set holds one image, repeated with different labels, so that two augmented batches differ only by their random draws.
 
 The spy (``WORKER``) runs cifar10/train.py's training in each process and records, per rank and epoch: the sampler's
 indices, the first training batch as the loop receives it (RandAugment, flip, random erasing; mixed by the collate
@@ -24,7 +24,7 @@ import os, shutil, sys
 sys.path.insert(0, {repo!r})
 import torch
 from timm.data import FastCollateMixup
-import utils.main as main
+import utils.training.main as main
 from utils.errors import run_cli
 
 RANK, DUMP, COPY_TO = int(os.environ['RANK']), {dump!r}, os.environ.get('COPY_TO')

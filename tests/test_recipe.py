@@ -12,12 +12,12 @@ from timm.loss import SoftTargetCrossEntropy
 
 import models
 from helpers import CIFAR10_YML, REPO, TINY_MODEL, EventFrames, write_cifar10
-from utils import main as main_module
 from utils.config import load_config
-from utils.data import build_loaders, mixes_in_loader, resolve_data_config, set_mixup_epoch
-from utils.dvs_data import DVSAugment
-from utils.engine import train_loss_fn
-from utils.factory import build_model
+from utils.data.dvs_data import DVSAugment
+from utils.data.loaders import build_loaders, mixes_in_loader, resolve_data_config, set_mixup_epoch
+from utils.training import main as main_module
+from utils.training.engine import train_loss_fn
+from utils.training.factory import build_model
 
 # ------------------------------------------------------------------ every published row, pinned with its source
 # Sources: "YAML" = the published imagenet/imagenet.yml, cifar10/cifar10.yml or cifar100/cifar100.yml; "ARG" = an
@@ -229,8 +229,8 @@ def test_evaluation_precision_is_resolved_as_published():
 
 def test_event_data_evaluate_in_float32_under_an_amp_config(tmp_path, monkeypatch):
     """The DVS configs train under AMP (bfloat16 on CPU) and evaluate in float32, in train.py and test.py alike."""
-    import utils.dvs_data
-    monkeypatch.setattr(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(4)))
+    import utils.data.dvs_data
+    monkeypatch.setattr(utils.data.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(4)))
     seen = {'train': set(), 'eval': set()}
     real_evaluate = main_module.evaluate
 

@@ -7,7 +7,7 @@ import torch
 
 from helpers import CIFAR10_YML, TINY, run, write_cifar10
 from utils.errors import EXIT_BAD_INPUT
-from utils.main import train_main
+from utils.training.main import train_main
 
 # keys added after the first release: a checkpoint of that release records none of them
 NEWER_KEYS = ('eval_amp', 'dist_bn', 'grad_accum_steps', 'initial_checkpoint', 'trust_checkpoint')
@@ -75,7 +75,7 @@ def test_another_number_of_processes_must_keep_the_global_batch(one_epoch, tmp_p
 def test_a_global_batch_no_accumulation_keeps_is_explained(one_epoch):
     from utils.config import load_config
     from utils.errors import UserError
-    from utils.run_folder import check_same_recipe
+    from utils.run.run_folder import check_same_recipe
     recorded = torch.load(one_epoch['run'] / 'last.pth.tar', weights_only=True)['args']
     cfg = load_config(['--resume', 'last.pth.tar'], base=recorded)
     with pytest.raises(UserError, match=r'No --grad-accum-steps keeps the run\'s global batch with batch_size 16 on '

@@ -1,4 +1,4 @@
-"""One run per folder (utils.run_claim): two starts into one folder at the same moment, a second resume of a running
+"""One run per folder (utils.run.run_claim): two starts into one folder at the same moment, a second resume of a running
 run, a stale claim after kill -9, and default folder names that never collide (finer time, SLURM ids, a random suffix,
 an exclusive create).
 
@@ -17,28 +17,28 @@ import torch
 import yaml
 
 from helpers import CIFAR10_YML, REPO, SCHEDULE, TINY, read_summary, refused, train_and_kill, write_cifar10
-from utils import run_claim
 from utils.config import load_config
-from utils.main import default_output, train_main
+from utils.run import run_claim
+from utils.training.main import default_output, train_main
 
 # train.py's training after a barrier: every heavy import done, then wait for the signal file, then run.
 STARTER = r"""
 import os, sys, time
 sys.path.insert(0, {repo!r})
-import utils.main
+import utils.training.main
 from utils.errors import run_cli
 go = {go!r}
 open(os.path.join(os.path.dirname(go), 'ready%d' % os.getpid()), 'w').close()
 while not os.path.exists(go):
     time.sleep(0.002)
-run_cli(lambda argv: utils.main.train_main(argv, {config!r}))
+run_cli(lambda argv: utils.training.main.train_main(argv, {config!r}))
 """
 
 # a process that holds the claim of a folder, as a running training does, until it is killed
 HOLDER = r"""
 import sys, time
 sys.path.insert(0, {repo!r})
-from utils.run_claim import claim_folder
+from utils.run.run_claim import claim_folder
 claim_folder({folder!r}, str, create=False)
 print('held', flush=True)
 time.sleep(600)
@@ -180,7 +180,7 @@ def test_two_runs_without_output_in_the_same_instant_get_two_folders(data, monke
 FORKING_HOLDER = r"""
 import os, sys, time
 sys.path.insert(0, {repo!r})
-from utils.run_claim import claim_folder
+from utils.run.run_claim import claim_folder
 claim_folder({folder!r}, str)
 child = os.fork()  # as a DataLoader worker is forked
 if child == 0:

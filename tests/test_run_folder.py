@@ -15,11 +15,11 @@ import yaml
 
 from helpers import (CIFAR10_YML, SCHEDULE, TINY, assert_same_run, load_script, refused, run, train_and_kill,
                      write_cifar10)
-from utils import run_folder
 from utils.config import SCHEMA, Key, load_config
 from utils.errors import EXIT_BAD_INPUT
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.run import run_folder
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
@@ -211,7 +211,7 @@ def test_a_full_disk_is_found_before_training(runs, tmp_path, capsys, monkeypatc
 def _model_and_optimizer():
     from timm.optim import create_optimizer_v2
 
-    from utils.factory import build_model
+    from utils.training.factory import build_model
     cfg = load_config(['--config', CIFAR10_YML] + TINY)
     model = build_model(cfg)
     return model, create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)

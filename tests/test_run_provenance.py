@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import REPO, refused
-from utils.main import test_main as evaluate_main, train_main
+from utils.training.main import test_main as evaluate_main, train_main
 
 QUICK = ['--config', str(REPO / 'cifar10' / 'quickstart.yml'), '--limit-train-batches', '2',
          '--limit-eval-batches', '1']

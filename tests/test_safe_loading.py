@@ -13,8 +13,8 @@ import torch
 
 import models
 from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, run, write_cifar10
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 
 class Payload:
@@ -156,7 +156,7 @@ def test_a_cifar_batch_with_a_payload_is_refused(tmp_path, capsys):
 
 def test_a_frame_cache_file_with_a_payload_is_refused(tmp_path):
     """SpikingJelly loads cached frames with allow_pickle=True; this project's loader does not."""
-    from utils.dvs_data import load_frames
+    from utils.data.dvs_data import load_frames
     from utils.errors import DataError  # noqa: F401  (what DVSFrames turns the ValueError into)
     marker = tmp_path / 'pwned'
     path = tmp_path / 'frames.npz'

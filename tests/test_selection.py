@@ -3,8 +3,8 @@ top-1 (strictly higher: a tie keeps the earlier epoch), the run reports that epo
 that epoch's numbers.
 
 A tiny run scores the same top-1 every epoch, which would leave "best" untested; here the top-1 the loop sees is
-planned (up, a tie, then down) by a spy on ``utils.main.evaluate``, while the weights really change every epoch and
-the spy keeps each epoch's real evaluation and weights to compare with."""
+planned (up, a tie, then down) by a spy on ``utils.training.main.evaluate``, while the weights really change every epoch
+and the spy keeps each epoch's real evaluation and weights to compare with."""
 import copy
 import json
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, read_summary, run, write_cifar10
-from utils import main as main_module
-from utils.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.main import train_main
+from utils.training import main as main_module
+from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
+from utils.training.main import train_main
 
 PLANNED_TOP1 = [20.0, 50.0, 50.0, 30.0]  # up, a tie with the best, down: epoch 1 is the best
 BEST = 1

@@ -13,10 +13,10 @@ import yaml
 from helpers import (CIFAR10_YML, LAUNCH_VARIABLES, REPO, TINY, finish, on_a_free_port, read_summary, refused,
                      write_cifar10)
 from utils.config import load_config
-from utils.distributed import init_distributed
 from utils.errors import UserError
-from utils.main import train_main
-from utils.slurm import DEFAULT_PORT, expand_nodelist, slurm_task
+from utils.training.distributed import init_distributed
+from utils.training.main import train_main
+from utils.training.slurm import DEFAULT_PORT, expand_nodelist, slurm_task
 
 def test_compressed_host_lists():
     assert expand_nodelist('node[01-04,07]') == ['node01', 'node02', 'node03', 'node04', 'node07']
@@ -74,9 +74,9 @@ sys.path.insert(0, {repo!r})
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
-import utils.main as main
-from utils.distributed import sync_bn_stats
+import utils.training.main as main
 from utils.errors import run_cli
+from utils.training.distributed import sync_bn_stats
 
 RANK, DUMP, WORK = os.environ['SLURM_PROCID'], {dump!r}, {work!r}
 record = dict(syncs=0, writes=[])

@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from helpers import CIFAR10_YML, IMAGENET_YML, REPO, TINY
-from utils import data as data_module
-from utils.data import DVS_DATASETS, ArrayImages
-from utils.main import train_main
+from utils.data import loaders as data_module
+from utils.data.loaders import DVS_DATASETS, ArrayImages
+from utils.training.main import train_main
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for folder in ('imagenet', 'cifar10', 'cifar10-dvs', 'dvs128-gesture')
                  for p in (REPO / folder).glob('*.yml'))
@@ -31,7 +31,7 @@ class StandInEvents(torch.utils.data.Dataset):
 
 @pytest.fixture
 def stand_in_data(monkeypatch):
-    """``utils.data.build_datasets`` replaced by 32 training and 16 evaluation samples of the config's kind."""
+    """``utils.data.loaders.build_datasets`` replaced by 32 training and 16 evaluation samples of the config's kind."""
     def build(cfg, train=True, evaluation=True):
         data_module.resolve_data_config(cfg)
         rng = np.random.default_rng(0)

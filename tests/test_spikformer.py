@@ -182,7 +182,7 @@ def test_one_epoch_of_the_spikformer_cifar_config_trains_and_evaluates(tmp_path)
     epoch: the engine builds the Spikformer CIFAR layout (nn.Linear layers), trains it and its checkpoint evaluates
     with test.py to the accuracy the run reported."""
     from helpers import REPO, TINY_MODEL, write_cifar10
-    from utils import main as main_module
+    from utils.training import main as main_module
     data = write_cifar10(tmp_path / 'cifar', 8, test=8)
     config = str(REPO / 'cifar10' / 'spikformer_cifar10_4_384.yml')
     run = tmp_path / 'run'
@@ -202,10 +202,10 @@ def test_spikformer_cifar_rand_augment_draws_from_its_five_ops(tmp_path, capsys)
     """Its cifar10/aa_snn.py keeps 5 of timm's RandAugment ops; the Spikingformer configs keep timm's whole list. A
     set that cannot apply (aa not a rand- policy) is refused before training, naming both keys."""
     from helpers import CIFAR10_YML, REPO, refused, write_cifar10
-    from utils import main as main_module
+    from utils.training import main as main_module
     from utils.config import load_config
-    from utils.data import build_loaders
-    from utils.rand_augment_ops import SPIKFORMER_CIFAR_OPS, _rand_augments
+    from utils.data.loaders import build_loaders
+    from utils.data.rand_augment_ops import SPIKFORMER_CIFAR_OPS, _rand_augments
     data = write_cifar10(tmp_path / 'cifar', 8, test=4)
     spikformer_yml = str(REPO / 'cifar10' / 'spikformer_cifar10_4_384.yml')
     names = {}

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from helpers import CIFAR10_YML, TINY, refused, write_cifar10
-from utils import engine
-from utils.checkpoint_history import keep_history
 from utils.config import load_config
-from utils.engine import optimizer_step
-from utils.main import train_main
-from utils.run_folder import remove_temporaries
-from utils.timm_flags import prepare_model
+from utils.run.checkpoint_history import keep_history
+from utils.run.run_folder import remove_temporaries
+from utils.training import engine
+from utils.training.engine import optimizer_step
+from utils.training.main import train_main
+from utils.training.timm_flags import prepare_model
 
 SHORT = ['--epochs', '1', '--limit-train-batches', '2', '--limit-eval-batches', '1', '--cooldown-epochs', '0',
          '--warmup-epochs', '1']
@@ -77,7 +77,7 @@ def test_clipping_happens_once_per_optimizer_step_with_accumulation(data, tmp_pa
 
 def test_sync_bn_converts_only_a_distributed_model():
     cfg = load_config(TINY + ['--sync-bn'])
-    from utils.factory import build_model
+    from utils.training.factory import build_model
     model = build_model(cfg)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     same, notes = prepare_model(model, cfg, distributed=False)

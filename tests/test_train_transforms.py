@@ -7,7 +7,7 @@ from torchvision import transforms
 
 from helpers import CIFAR10_YML, write_cifar10
 from utils.config import load_config
-from utils.data import build_loaders
+from utils.data.loaders import build_loaders
 
 
 @pytest.mark.parametrize('hflip', [0.3, 0.0])

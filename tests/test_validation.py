@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from helpers import CIFAR10_YML, IMAGENET_YML, REPO, TINY, load_script, refused, write_cifar10
-from utils import aedat
-from utils.config import (FLOATS, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, ConfigError, Key,
-                          check_cross_keys, load_config)
-from utils.data import build_datasets
-from utils.dvs_data import CIFAR10DVS_CLASSES, build_dvs_datasets
+from utils.config import (FLOATS, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, ConfigError, Key, check_cross_keys,
+                          load_config)
+from utils.data import aedat
+from utils.data.dvs_data import CIFAR10DVS_CLASSES, build_dvs_datasets
+from utils.data.loaders import build_datasets
 from utils.errors import EXIT_BAD_INPUT, DataError
-from utils.main import train_main
+from utils.training.main import train_main
 
 CONFIGS = sorted(p for p in REPO.glob('*/*.yml'))
 ONE_EPOCH = TINY + ['--batch-size', '4', '--val-batch-size', '4', '--epochs', '1', '--cooldown-epochs', '0']

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from utils.config import ConfigError, load_config
-from utils.engine import train_loss_fn, train_one_epoch
+from utils.training.engine import train_loss_fn, train_one_epoch
 
 CPU = torch.device('cpu')
 SCALE = 1024.0
@@ -129,7 +129,7 @@ def test_bad_input_exits_with_status_2(capsys):
     """The documented exit status of bad input is the number 2 (scripts and SLURM jobs test it), whatever the
     constant the other tests compare with says."""
     from utils.errors import run_cli
-    from utils.main import train_main
+    from utils.training.main import train_main
     with pytest.raises(SystemExit) as e:
         run_cli(train_main, ['--smoothing', '1.0'])
     assert e.value.code == 2 and capsys.readouterr().err.startswith('error: ')

@@ -1,5 +1,5 @@
 """The recipe as the training loop receives it: each key that changes the numbers, observed on the objects that
-``utils.main`` hands to ``train_one_epoch`` in a real (tiny) run, not on the config.
+``utils.training.main`` hands to ``train_one_epoch`` in a real (tiny) run, not on the config.
 
 ``train_one_epoch`` is replaced, for a run, by a spy that records its arguments and hooks into the model, then trains
 as usual. tests/test_recipe.py pins each published config's resolved values; these tests pin that the values reach
@@ -18,20 +18,19 @@ from torch import nn
 
 import models
 from helpers import CIFAR10_YML, REPO, TINY_MODEL, EventFrames, write_cifar10
-from utils import main as main_module
-
+from utils.training import main as main_module
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 
 
 def mixing_collate(loader):
     """The training loader's collate function when it mixes (images), else None."""
     collate = getattr(getattr(loader, 'loader', loader), 'collate_fn', None)
-    collate = getattr(collate, 'collate', collate)  # inside utils.resumable_data's keyed (per-batch) seeding
+    collate = getattr(collate, 'collate', collate)  # inside utils.data.resumable_data's keyed (per-batch) seeding
     return collate if isinstance(collate, FastCollateMixup) else None
 
 
 class LoopSpy:
-    """Stands in for ``utils.main.train_one_epoch``: records what each call receives, observes the first call's
+    """Stands in for ``utils.training.main.train_one_epoch``: records what each call receives, observes the first call's
     training step (the time steps and the autocast state inside the model, the EMA update), then trains as usual."""
 
     def __init__(self):
@@ -133,7 +132,7 @@ def mixing_statistics(mix, draws: int, classes: int, smoothing: float) -> dict:
     lambda (1 - lambda) of the blends (a / (4a + 2) for mixup alpha a)."""
     state = np.random.get_state()
     np.random.seed(0)  # timm draws from NumPy's global generator
-    mix = getattr(mix, 'function', mix)  # the Mixup itself, without utils.resumable_data's per-batch seeding
+    mix = getattr(mix, 'function', mix)  # the Mixup itself, without utils.data.resumable_data's per-batch seeding
     try:
         return _mixing_statistics(mix, draws, classes, smoothing)
     finally:
@@ -222,13 +221,13 @@ def test_label_smoothing_reaches_the_plain_loss(tmp_path):
 def test_event_data_mixing_reaches_the_engine(tmp_path):
     """dvs128gesture.yml: the engine mixes the batches with the run's alpha, probability (0.5), smoothing and 11
     classes, and mixing stops at mixup_off_epoch."""
-    import utils.dvs_data
+    import utils.data.dvs_data
     argv = ['--output', str(tmp_path / 'run'), '-T', '2', '--batch-size', '4', '--val-batch-size', '4',
             '--workers', '0', '--amp', 'false', '--device', 'cpu', '--epochs', '2', '--warmup-epochs', '1',
             '--cooldown-epochs', '0', '--mixup-off-epoch', '1', '--limit-train-batches', '1', '--smoothing',
             '0.2'] + TINY_MODEL
     spy = spied_run(argv, str(REPO / 'dvs128-gesture' / 'dvs128gesture.yml'),
-                    [(utils.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(4)))])
+                    [(utils.data.dvs_data, 'build_dvs_datasets', lambda cfg: (EventFrames(8), EventFrames(4)))])
     assert [c['mixing'] for c in spy.calls] == [True, False]
     mix = spy.calls[0]['mixup_fn']
     mix.mixup_enabled = True
@@ -246,7 +245,7 @@ def test_event_data_mixing_reaches_the_engine(tmp_path):
 def test_event_augmentation_reaches_the_training_samples_only(synthetic_roots, tmp_path):
     """dvs128gesture.yml (dvs_augment true): every training sample the loop draws is augmented (flip, then one
     operation), the evaluation samples are the cached frames as they are."""
-    from utils.dvs_data import DVSAugment, load_frames
+    from utils.data.dvs_data import DVSAugment, load_frames
     argv = ['--data-dir', str(synthetic_roots['dvs128-gesture']), '--output', str(tmp_path / 'run')] + TINY_MODEL + [
         '-T', '2', '--batch-size', '4', '--val-batch-size', '8', '--workers', '0', '--amp', 'false', '--epochs', '1',
         '--warmup-epochs', '0', '--cooldown-epochs', '0', '--limit-train-batches', '1']

@@ -22,8 +22,8 @@ import yaml
 
 from models.neuron import BACKENDS as NEURON_BACKENDS
 
-from .atomic import replace_atomically
-from .errors import UserError
+from utils.errors import UserError
+from utils.run.atomic import replace_atomically
 
 
 class ConfigError(UserError):
@@ -118,7 +118,8 @@ SCHEMA = {
     'color_jitter': _k(0.0, float, 'colour jitter strength (timm ignores it when aa is set)', bounds=NON_NEGATIVE),
     'aa': _k(None, str, 'RandAugment/AutoAugment policy, e.g. rand-m9-n1-mstd0.4-inc1; null = off', nullable=True),
     'aa_ops': _k('timm', str, 'operations RandAugment draws from: timm (all of the policy\'s) or spikformer (the 5 of '
-                 'the published Spikformer CIFAR code; utils/rand_augment_ops.py)', choices=('timm', 'spikformer')),
+                 'the published Spikformer CIFAR code; utils/data/rand_augment_ops.py)',
+                 choices=('timm', 'spikformer')),
     'reprob': _k(0.25, float, 'random erasing probability', bounds=PROBABILITY),
     'remode': _k('const', str, 'random erasing fill', choices=('const', 'rand', 'pixel')),
     'recount': _k(1, int, 'random erasing count', bounds=ONE_OR_MORE),
@@ -200,7 +201,7 @@ SCHEMA.update(
                            'optimizer step); null = at epoch ends only (SIGUSR1/SIGTERM always save, then stop)',
                            nullable=True, bounds=POSITIVE, may_change_on_resume=True),
     memory_check=_k(True, bool, 'before the first batch, refuse a run whose estimated step memory exceeds the '
-                    'device\'s free memory (utils.memory_estimate)', may_change_on_resume=True),
+                    'device\'s free memory (utils.training.memory_estimate)', may_change_on_resume=True),
 )
 # The keys of one invocation rather than of the run: never taken from the config a checkpoint records.
 INVOCATION_KEYS = ('output', 'resume', 'checkpoint', 'use_ema', 'trust_checkpoint', 'local_rank')
@@ -211,10 +212,11 @@ PATH_KEYS = ('data_dir', 'output', 'resume', 'initial_checkpoint', 'checkpoint')
 # is the command line's choice there, never the training run's (see config_from_checkpoint).
 TRAINING_ONLY_KEYS = ('dataset_download',)
 ALIASES = {'T': 'time_steps'}
-# The keys an evaluation reads (test.py, scripts/energy_report.py, scripts/spike_report.py: utils.main.test_main and
-# energy.cli.prepare_report): the checkpoint, the architecture, the evaluation data and loader, precision, device
-# and output. Their --help lists only these (and the script's own keys); a training config's other keys are still
-# accepted, since a checkpoint or a published YAML file carries them, and have no effect there.
+# The keys an evaluation reads (test.py, scripts/energy_report.py, scripts/spike_report.py:
+# utils.training.main.test_main and energy.cli.prepare_report): the checkpoint, the architecture, the evaluation data
+# and loader, precision, device and output. Their --help lists only these (and the script's own keys); a training
+# config's other keys are still accepted, since a checkpoint or a published YAML file carries them, and have no effect
+# there.
 EVALUATION_KEYS = ('checkpoint', 'use_ema', 'trust_checkpoint', 'output', 'model', 'num_classes', 'time_steps',
                    'num_heads', 'embed_dims', 'depths', 'neuron_backend', 'dataset', 'data_dir', 'dataset_download',
                    'img_size', 'batch_size', 'val_batch_size', 'workers', 'mean', 'std', 'interpolation', 'crop_pct',
@@ -597,8 +599,8 @@ def check_cross_keys(cfg: Config) -> None:
       schedule, whose ``epochs`` are then followed by ``cooldown_epochs`` at ``min_lr``. A warmup longer than the
       schedule would continue into the cooldown (the lr would rise where it should stay at ``min_lr``), so with a
       cooldown ``warmup_epochs`` <= ``epochs``. Without a cooldown a run may end inside its warmup (short trials).
-      ``train_main`` first clips a short run to fit (``utils.timm_flags.fit_schedule``), so this refuses only where
-      it is called directly.
+      ``train_main`` first clips a short run to fit (``utils.training.timm_flags.fit_schedule``), so this refuses only
+      where it is called directly.
     - Ranges are ordered: ``scale``, ``ratio`` and ``cutmix_minmax`` are (min, max).
     - Batch mixup/cutmix pairs each sample with another of the batch (timm asserts an even batch): with mixup or
       cutmix on, ``batch_size`` is even.
@@ -623,7 +625,7 @@ def check_cross_keys(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: str, header: Optional[str] = None) -> None:
-    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.atomic``);
+    """Write the resolved config as YAML (loadable again with ``--config``), atomically (``utils.run.atomic``);
     ``header`` becomes a comment line above it."""
     def write(tmp):
         with open(tmp, 'w') as f:

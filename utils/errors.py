@@ -33,7 +33,7 @@ class NonFiniteLossError(UserError):
 
 class FailedOnAnotherRank(Exception):
     """Raised in the processes of a distributed run that did not fail themselves when another one did (see
-    ``utils.distributed.fail_together``): the failing process prints the message, this one exits quietly with
+    ``utils.training.distributed.fail_together``): the failing process prints the message, this one exits quietly with
     the same exit ``code``, so a run prints one message however many processes it has. It exits a second after
     raising, so that the process with the message ends first and a launcher that names the first process to fail
     (torchrun's "Root Cause") names that one."""

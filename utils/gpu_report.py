@@ -134,8 +134,8 @@ def summary(out_dir: str, machine: Optional[str] = None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from .atomic import replace_atomically
-    from .errors import UserError
+    from utils.run.atomic import replace_atomically
+    from utils.errors import UserError
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1 or not os.path.isdir(argv[0]):
         raise UserError(f'usage: python -m utils.gpu_report OUT_DIR (the folder scripts/gpu_check.sh wrote); got '
@@ -152,5 +152,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    from .errors import run_cli
+    from utils.errors import run_cli
     run_cli(main)

@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Callable, List, Optional
 
-from .errors import UserError
+from utils.errors import UserError
 
 LOCK_NAME = '.run.lock'
 _MAX_TRIES = 20

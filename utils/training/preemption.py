@@ -4,14 +4,14 @@ time limit with ``sbatch --signal=USR1@120``, and at the limit or on ``scancel``
 command and exits with 128 + the signal's number (138 for SIGUSR1, 143 for SIGTERM), as a shell reports a process
 ended by that signal, so that a job script can tell a preempted run from a failed one (docs/preemption.md).
 
-What a mid-epoch checkpoint holds: the usual run checkpoint (``utils.checkpoint.make_checkpoint``) of the last
+What a mid-epoch checkpoint holds: the usual run checkpoint (``utils.run.checkpoint.make_checkpoint``) of the last
 *completed* epoch's bookkeeping (``epoch``, ``best_metric``, ``best_epoch``, so that everything that reads those
 fields keeps its meaning) with the weights, optimizer, gradient scaler and EMA of this instant, plus ``in_epoch``:
 the running epoch, the next batch, the optimizer steps and skipped steps so far, and each process's sums of the
 training loss and of the samples seen (the epoch's ``train_loss`` is their quotient at the end). Nothing else is
 needed to continue exactly: the learning rate is per epoch, a step boundary has no accumulated gradients, and every
 random draw of the epoch is keyed by (seed, rank, epoch, position) rather than carried by a generator
-(``utils.resumable_data``), so the sampler order, the loader workers' augmentation, mixup and random erasing of the
+(``utils.data.resumable_data``), so the sampler order, the loader workers' augmentation, mixup and random erasing of the
 remaining batches follow from the recorded position alone.
 
 Signals are only noted by the handler (a flag); the save happens in the training loop, between optimizer steps, where
@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from utils.errors import UserError
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Mapping, Optional
 
-from .errors import UserError
+from utils.errors import UserError
 
 DEFAULT_PORT = 29500
 

@@ -1,6 +1,6 @@
 """Deliberate changes on resume: ``--resume RUN/last.pth.tar --lr 1e-4 --allow-change lr``.
 
-A resume refuses every recipe key that differs from the run's (``utils.run_folder.check_same_recipe``), so that a
+A resume refuses every recipe key that differs from the run's (``utils.run.run_folder.check_same_recipe``), so that a
 run is never continued under another recipe by accident. ``--allow-change`` names, comma-separated, keys that may
 differ this once. Only keys whose change means something in the middle of a run may be named (:data:`ALLOWED`: the
 learning-rate values, the mixup switch, EMA, gradient clipping); the architecture, the data and the batch shape are
@@ -16,8 +16,8 @@ a run that had these values from that epoch on.
 import difflib
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-from .config import SCHEMA, Config, ConfigError
-from .run_folder import recipe_differences
+from utils.config import SCHEMA, Config, ConfigError
+from utils.run.run_folder import recipe_differences
 
 ALLOWED = {
     'lr': 'peak learning rate', 'min_lr': 'final learning rate', 'warmup_lr': 'warmup start learning rate',

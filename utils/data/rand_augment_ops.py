@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 from timm.data.auto_augment import RandAugment
 
-from .config import ConfigError
+from utils.config import ConfigError
 
 SPIKFORMER_CIFAR_OPS = ('Equalize', 'Rotate', 'ShearX', 'TranslateXRel', 'TranslateYRel')
 OP_SETS = {'timm': None, 'spikformer': SPIKFORMER_CIFAR_OPS}

@@ -1,7 +1,7 @@
 """Your own data: ``--dataset folder --data-dir DIR``, any ``DIR/train/<class>/`` + ``DIR/val/<class>/`` image tree.
 
 It is read as ImageNet is (timm's ImageFolder and training pipeline: ``img_size``, ``mean``, ``std`` and the
-augmentation keys of the config apply) with the checks of ``utils.data_checks`` (class folders that hold images and
+augmentation keys of the config apply) with the checks of ``utils.data.data_checks`` (class folders that hold images and
 agree between the splits). What differs:
 
 - the class count follows the folder (counted from ``train/``) unless the command line gives ``--num-classes``, so
@@ -16,8 +16,8 @@ agree between the splits). What differs:
 import os
 from typing import Optional
 
-from .config import Config
-from .errors import DataError
+from utils.config import Config
+from utils.errors import DataError
 
 FOLDER = 'folder'
 
@@ -32,8 +32,8 @@ def folder_class_count(data_dir: str) -> int:
 
 
 def resolve_folder(cfg: Config) -> None:
-    """Fill a folder data set's ``num_classes`` and ``dataset_name`` (called by ``utils.data.resolve_data_config``
-    before the data set's defaults)."""
+    """Fill a folder data set's ``num_classes`` and ``dataset_name`` (called by
+    ``utils.data.loaders.resolve_data_config`` before the data set's defaults)."""
     if cfg.dataset != FOLDER:
         return
     if cfg.data_dir is None:

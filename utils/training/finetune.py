@@ -14,14 +14,14 @@ from torch import nn
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint, renamed_state_dict
 
-from .config import Config
+from utils.config import Config
 
 
 def initial_checkpoint_to_load(cfg: Config) -> Optional[str]:
     """The path of ``cfg.initial_checkpoint`` to load into a new run, or None; checked before anything is built.
 
     A resumed run never loads it: its weights come from the resumed checkpoint, and the recipe check on resume
-    (``utils.run_folder.check_same_recipe``) refuses an ``initial_checkpoint`` other than the one the run was
+    (``utils.run.run_folder.check_same_recipe``) refuses an ``initial_checkpoint`` other than the one the run was
     started from, so ``--resume <run>/last.pth.tar`` continues a fine-tuning run as it was configured.
     """
     path = cfg.initial_checkpoint

@@ -1,16 +1,16 @@
 """The two entry points every data set's ``train.py`` and ``test.py`` call: :func:`train_main`, :func:`test_main`.
 
 Run folder (``--output``, default ``output/train/<time>-<dataset>-<model>-<suffix>``, unique: :func:`default_output`;
-on ``--resume`` the resumed run's folder; claimed by rank 0 for the run's life: ``utils.run_claim``): ``args.yaml``
+on ``--resume`` the resumed run's folder; claimed by rank 0 for the run's life: ``utils.run.run_claim``): ``args.yaml``
 (the resolved config), ``run.json`` (how each start was made: command, git commit, versions, host;
-``utils.provenance``), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
+``utils.run.provenance``), ``summary.csv`` (one row per epoch), ``log.txt``, ``last.pth.tar``,
 ``model_best.pth.tar`` and, when tensorboard is installed, its event files. Only rank 0 writes or prints. What a
-start checks before it writes, and what a resume may change: ``utils.run_folder``.
+start checks before it writes, and what a resume may change: ``utils.run.run_folder``.
 
 Randomness: every epoch reseeds Python, NumPy and torch from (seed, rank, epoch), and within an epoch every
-augmentation, mixup and random-erasing draw is keyed by (seed, rank, epoch, position) (``utils.resumable_data``).
+augmentation, mixup and random-erasing draw is keyed by (seed, rank, epoch, position) (``utils.data.resumable_data``).
 Each rank thus gets its own streams, and a run resumed at epoch k, or at any optimizer step of it
-(``utils.preemption``), draws exactly what an uninterrupted run draws from there on.
+(``utils.training.preemption``), draws exactly what an uninterrupted run draws from there on.
 """
 import csv
 import io
@@ -29,33 +29,36 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import CheckpointError, checkpoint_filter_fn, read_checkpoint
 
-from .allow_change import allowed_keys, apply_allowed_changes, describe
-from .atomic import append_text, replace_atomically
-from .checkpoint import BEST, LAST, make_checkpoint, resume_checkpoint, save_run_checkpoint
-from .checkpoint_history import keep_history
-from .config import EVALUATION_KEYS, TEST_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint, load_config
-from .data import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
-                   set_mixup_epoch, write_sample_files)
-from .distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
-                          share_failure, sync_bn_stats)
-from .engine import evaluate, train_loss_fn, train_one_epoch
-from .errors import UserError, free_space_text, writing
-from .factory import architecture_label, architecture_overrides, build_model, check_model, override_note, run_name
-from .finetune import initial_checkpoint_to_load, load_initial_checkpoint
-from .finished_run import finished_message, needs_repair
-from .folder_data import check_checkpoint_classes, class_names, dataset_label
-from .input_checks import check_augment_policy
-from .memory_estimate import check_step_memory, out_of_memory_reported
-from .preemption import (StopRequests, check_in_epoch, in_epoch_state, restore_signal_handlers, stop,
-                         stop_line)
-from .progress import RunClock, format_duration
-from .provenance import file_sha256, record_run_start, run_provenance
-from .results_file import append_row, check_results_file
-from .run_claim import make_default_folder, release_claims, timestamp, unique_suffix
-from .run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
-                         check_same_recipe, checkpoint_size_estimate, claim_fresh_output, claim_resumed_output,
-                         open_resume, save_run_config, start_folder)
-from .timm_flags import check_experiment, check_wandb, compile_model, fit_schedule, prepare_model, wandb_logger
+from utils.config import (EVALUATION_KEYS, TEST_KEYS, Config, ConfigError, check_cross_keys, config_from_checkpoint,
+                          load_config)
+from utils.data.folder_data import check_checkpoint_classes, class_names, dataset_label
+from utils.data.input_checks import check_augment_policy
+from utils.data.loaders import (build_datasets, build_eval_loader, build_loaders, mixes_in_loader, resolve_data_config,
+                                set_mixup_epoch, write_sample_files)
+from utils.errors import UserError, free_space_text, writing
+from utils.run.allow_change import allowed_keys, apply_allowed_changes, describe
+from utils.run.atomic import append_text, replace_atomically
+from utils.run.checkpoint import BEST, LAST, make_checkpoint, resume_checkpoint, save_run_checkpoint
+from utils.run.checkpoint_history import keep_history
+from utils.run.finished_run import finished_message, needs_repair
+from utils.run.provenance import file_sha256, record_run_start, run_provenance
+from utils.run.results_file import append_row, check_results_file
+from utils.run.run_claim import make_default_folder, release_claims, timestamp, unique_suffix
+from utils.run.run_folder import (Resume, best_file_epoch, check_free_space, check_fresh_output, check_output_location,
+                                  check_same_recipe, checkpoint_size_estimate, claim_fresh_output, claim_resumed_output,
+                                  open_resume, save_run_config, start_folder)
+from utils.training.distributed import (DistInfo, cleanup_distributed, fail_together, init_distributed, select_device,
+                                        share_failure, sync_bn_stats)
+from utils.training.engine import evaluate, train_loss_fn, train_one_epoch
+from utils.training.factory import (architecture_label, architecture_overrides, build_model, check_model, override_note,
+                                    run_name)
+from utils.training.finetune import initial_checkpoint_to_load, load_initial_checkpoint
+from utils.training.memory_estimate import check_step_memory, out_of_memory_reported
+from utils.training.preemption import (StopRequests, check_in_epoch, in_epoch_state, restore_signal_handlers, stop,
+                                       stop_line)
+from utils.training.progress import RunClock, format_duration
+from utils.training.timm_flags import (check_experiment, check_wandb, compile_model, fit_schedule, prepare_model,
+                                       wandb_logger)
 
 SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr']
 EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
@@ -127,9 +130,9 @@ def check_optimizer_and_schedule(cfg: Config) -> None:
 
 def default_output(cfg: Config, kind: str) -> str:
     """``output/<kind>/<time to the ms>-<dataset>-<architecture>-<SLURM job, if any>-<random>``: two runs started at
-    the same instant, or two tasks of a SLURM array, get different names (``utils.run_claim``); the architecture is
-    the one that runs, not only the variant's (``utils.factory.run_name``). ``--experiment NAME`` names the folder
-    ``output/train/NAME`` instead (:func:`_train`)."""
+    the same instant, or two tasks of a SLURM array, get different names (``utils.run.run_claim``); the architecture is
+    the one that runs, not only the variant's (``utils.training.factory.run_name``). ``--experiment NAME`` names the
+    folder ``output/train/NAME`` instead (:func:`_train`)."""
     name = run_name(cfg.model, architecture_overrides(cfg))
     return os.path.join('output', kind, f'{timestamp()}-{dataset_label(cfg)}-{name}-{unique_suffix()}')
 
@@ -156,7 +159,7 @@ class RunLog:
         if self.copying:
             path = os.path.join(self.output, 'log.txt')
             try:
-                append_text(path, message + '\n')  # never through a link (utils.atomic)
+                append_text(path, message + '\n')  # never through a link (utils.run.atomic)
             except OSError as e:
                 self.copying = False
                 print(f'warning: cannot append to {path} ({e.strerror or e}; {free_space_text(path)}): the console '
@@ -175,7 +178,7 @@ class RunLog:
 
 
 def write_text(path: str, text: str, consequence: str) -> None:
-    """Write ``text`` to ``path`` (its folder created) atomically (``utils.atomic``); a failure is a one-screen
+    """Write ``text`` to ``path`` (its folder created) atomically (``utils.run.atomic``); a failure is a one-screen
     error that ends with ``consequence``."""
     def write(tmp):
         with open(tmp, 'w') as f:
@@ -219,11 +222,11 @@ def train_main(argv: Optional[Sequence[str]] = None, default_config: Optional[st
         provenance = dict(run_provenance([sys.argv[0], *argv], info.device, info.world),
                           resumed_from=resume.path if resume is not None else None)
         return _train(cfg, info, resume, provenance, [schedule_note] if schedule_note else [])
-    except Exception as e:  # one process failed mid-run: one message for the run (utils.distributed)
+    except Exception as e:  # one process failed mid-run: one message for the run (utils.training.distributed)
         share_failure(info, e)
         raise
     finally:
-        release_claims()  # the run folder's claim (utils.run_claim), taken by rank 0
+        release_claims()  # the run folder's claim (utils.run.run_claim), taken by rank 0
         restore_signal_handlers()
         cleanup_distributed()
 
@@ -262,14 +265,14 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
                 cfg.output = os.path.join('output', 'train', cfg.experiment)
             if info.is_main:
                 made = cfg.output is None
-                if made:  # a new folder of a unique name, made exclusively (utils.run_claim)
+                if made:  # a new folder of a unique name, made exclusively (utils.run.run_claim)
                     cfg.output = make_default_folder(lambda: default_output(cfg, 'train'))
                 else:
                     check_fresh_output(cfg.output)
                 claim_fresh_output(cfg.output, made)  # held until the run ends: a second start is refused
             else:
                 cfg.output = cfg.output or default_output(cfg, 'train')  # only rank 0 writes into it
-    if finished is not None:  # a complete run: said, and nothing touched (utils.finished_run)
+    if finished is not None:  # a complete run: said, and nothing touched (utils.run.finished_run)
         if info.is_main:
             print(finished, flush=True)
         return dict(best_top1=resume.progress.get('best_metric'), best_epoch=resume.progress.get('best_epoch'),
@@ -354,7 +357,8 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
     last_path = os.path.join(cfg.output, LAST)
 
     def at_step(next_batch: int, sums: dict) -> None:
-        """After an optimizer step: the mid-epoch save of utils.preemption when the interval or a signal asks."""
+        """After an optimizer step: the mid-epoch save of utils.training.preemption when the interval or a signal
+        asks."""
         request = stops.poll()
         if request is None:
             return
@@ -415,9 +419,9 @@ def _train(cfg: Config, info: DistInfo, resume: Optional[Resume], provenance: Op
                 _write_summary(summary_path, rows, columns)
                 state = make_checkpoint(model, optimizer, epoch, cfg, metrics['top1'], best_metric, best_epoch,
                                         scaler, ema, info.world, provenance)
-                if run_changes:  # the run's record of its deliberate changes (utils.allow_change)
+                if run_changes:  # the run's record of its deliberate changes (utils.run.allow_change)
                     state['changes'] = run_changes
-                if classes:  # an image folder's classes, checked at test.py (utils.folder_data)
+                if classes:  # an image folder's classes, checked at test.py (utils.data.folder_data)
                     state['class_names'] = classes
                 save_run_checkpoint(cfg.output, state, is_best)
                 keep_history(cfg.output, epoch, cfg.checkpoint_hist)
@@ -458,7 +462,7 @@ def load_trained_model(cfg: Config, checkpoint, device: torch.device) -> torch.n
 def evaluation_provenance(path: str, checkpoint, argv: Sequence[str], device) -> dict:
     """What a results file records about how it was made: the checkpoint's SHA-256, the provenance of the run that
     wrote it (``checkpoint['provenance']``, None for checkpoints that do not record one, e.g. the published ones)
-    and this evaluation's own (``utils.provenance``)."""
+    and this evaluation's own (``utils.run.provenance``)."""
     recorded = checkpoint.get('provenance') if isinstance(checkpoint, dict) else None
     return dict(checkpoint_sha256=file_sha256(path), checkpoint_provenance=recorded,
                 provenance=run_provenance(argv, device))

@@ -17,8 +17,8 @@ from timm.models import model_parameters
 from timm.utils import dispatch_clip_grad, unwrap_model
 from tqdm import tqdm
 
-from .errors import DataError, NonFiniteLossError
-from .progress import EpochMeter
+from utils.errors import DataError, NonFiniteLossError
+from utils.training.progress import EpochMeter
 
 
 def train_loss_fn(mixup_fn, smoothing: float) -> torch.nn.Module:
@@ -40,7 +40,7 @@ def _all_sum(values, device: torch.device, distributed: bool) -> list:
 
 def _progress(loader, total: int, desc: str, show: bool, leave: bool = True):
     """A tqdm bar on rank 0 when stderr is a terminal; otherwise quiet. ``smoothing=0``: tqdm's rate and ETA are
-    averages over the epoch so far, as the log lines' (``utils.progress``)."""
+    averages over the epoch so far, as the log lines' (``utils.training.progress``)."""
     return tqdm(loader, total=total, desc=desc, disable=not (show and sys.stderr.isatty()), dynamic_ncols=True,
                 leave=leave, smoothing=0)
 
@@ -117,13 +117,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device: torch.device, epo
     steps that did not happen). Under DDP every rank sees the same all-reduced gradients, hence skips the same
     steps. ``steps`` and ``skipped_steps`` in the result count the optimizer steps of the epoch and those skipped.
 
-    Mid-epoch resume (``utils.preemption``): ``start_batch`` is the first batch to train (the loader then starts
-    there, ``utils.resumable_data``) and ``sums`` the recorded ``loss_sum``, ``count``, ``steps`` and ``skipped`` of
-    the batches before it; ``at_step(next_batch, sums)`` is called after every optimizer step with the same sums (it
-    may save the state and stop the run).
+    Mid-epoch resume (``utils.training.preemption``): ``start_batch`` is the first batch to train (the loader then
+    starts there, ``utils.data.resumable_data``) and ``sums`` the recorded ``loss_sum``, ``count``, ``steps`` and
+    ``skipped`` of the batches before it; ``at_step(next_batch, sums)`` is called after every optimizer step with the
+    same sums (it may save the state and stop the run).
 
     ``clip_grad``/``clip_mode``: :func:`optimizer_step` (for agc without the head, as timm). ``channels_last``:
-    image batches are made channels-last (the model is, see ``utils.timm_flags.prepare_model``).
+    image batches are made channels-last (the model is, see ``utils.training.timm_flags.prepare_model``).
     """
     model.train()
     total = _num_batches(loader, limit_batches)

@@ -20,8 +20,8 @@ from typing import Iterator, Optional
 
 import torch
 
-from .config import Config
-from .errors import UserError
+from utils.config import Config
+from utils.errors import UserError
 
 MIB = 2 ** 20
 # variant: (T, image side, a, b, a with checkpointing, b with checkpointing), a and b in MiB (CPU, float32, fused LIF;

@@ -17,13 +17,13 @@ batches already trained:
 * :class:`SeededPerBatch` does the same for a function applied once per batch in the main process: the prefetcher's
   random erasing, the engine's batch ``Mixup`` (event data).
 * :class:`PositionedSampler` wraps the loader's sampler (``RandomSampler`` or ``DistributedSampler``, whose order
-  is a function of the epoch and of the generators seeded at the epoch's start, ``utils.main.seed_everything``) and
-  leaves out the first ``start`` samples on resume.
+  is a function of the epoch and of the generators seeded at the epoch's start, ``utils.training.main.seed_everything``)
+  and leaves out the first ``start`` samples on resume.
 
 Each keyed draw runs inside :func:`keyed_generators`, which restores the generators' previous states afterwards, so
 nothing outside it (the main process's streams, the sampler's order) sees a difference. The draws differ from those
 of a loader that seeds each worker once (the distributions are the same); in exchange they no longer depend on the
-number of workers either. ``utils.data.build_loaders`` installs all of it (:func:`make_resumable`).
+number of workers either. ``utils.data.loaders.build_loaders`` installs all of it (:func:`make_resumable`).
 """
 import contextlib
 import random
@@ -189,8 +189,8 @@ def _data_loader(loader):
 
 def make_resumable(loader, device: Optional[torch.device] = None, batch_mixup=None):
     """Install the keyed streams on a training loader whose data set is a :class:`SeededSamples` (the DataLoader
-    does not let its data set be replaced, so ``utils.data.build_loaders`` wraps it before building the loader): its
-    sampler, its collate function and, on timm's ``PrefetchLoader``, its random erasing; ``batch_mixup`` (the
+    does not let its data set be replaced, so ``utils.data.loaders.build_loaders`` wraps it before building the loader):
+    its sampler, its collate function and, on timm's ``PrefetchLoader``, its random erasing; ``batch_mixup`` (the
     engine's ``Mixup`` for event data) is wrapped too. Returns ``(stream, batch_mixup)``: call
     ``stream.start_epoch`` before every epoch, and give the engine the returned ``batch_mixup``."""
     data_loader = _data_loader(loader)

@@ -11,7 +11,7 @@ of the original's), never gets a byte written outside its own folder.
 The temporary file (:func:`temporary_name`, ``<path>.tmp<pid><extension>``) lies beside the file, so that the rename
 stays on one file system and is atomic; it is named after the writing process, so that two processes never write
 the same one, and ends in the file's own extension, because some writers pick the format by it (matplotlib's
-``savefig``). A kill can leave it behind; ``utils.run_folder.remove_temporaries`` removes those of a run folder.
+``savefig``). A kill can leave it behind; ``utils.run.run_folder.remove_temporaries`` removes those of a run folder.
 """
 import errno
 import os

@@ -2,7 +2,7 @@
 
 timm's ``CheckpointSaver`` keeps a history ranked by the metric; here the history is the last N epochs (what a user
 goes back to after a divergence or to average weights), and it is written the way ``last``/``best`` are
-(``utils.checkpoint``): each file is a hard link of the just-written ``last.pth.tar`` (a copy where links fail),
+(``utils.run.checkpoint``): each file is a hard link of the just-written ``last.pth.tar`` (a copy where links fail),
 made under a temporary name and renamed, so a kill leaves every file whole. Pruning removes only files whose name is
 exactly ``checkpoint-<number>.pth.tar``, oldest epoch first, and never the file of the epoch just saved; a file that
 is gone already (removed by hand) is skipped. With N = 0 (the default) nothing is written or removed.
@@ -11,8 +11,8 @@ import os
 import re
 from typing import List
 
-from .checkpoint import LAST, link_or_copy
-from .errors import writing
+from utils.errors import writing
+from utils.run.checkpoint import LAST, link_or_copy
 
 HISTORY = re.compile(r'^checkpoint-(\d+)\.pth\.tar$')
 

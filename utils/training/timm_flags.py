@@ -11,8 +11,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .config import Config, ConfigError
-from .errors import UserError
+from utils.config import Config, ConfigError
+from utils.errors import UserError
 
 SMOKE_BATCHES = 2  # training and evaluation batches of a --smoke run (unless the limits are given)
 

@@ -2,8 +2,8 @@
 than the schedule it is resumed with.
 
 A run's trained epochs are its checkpoint's ``epoch + 1``; its schedule is ``epochs + cooldown_epochs`` as timm's
-scheduler counts it (``utils.main.build_schedule``). A resume whose schedule has no epoch left is not an error: the
-run is complete, the command says so and ends with exit 0 before it claims or writes anything (a job script that
+scheduler counts it (``utils.training.main.build_schedule``). A resume whose schedule has no epoch left is not an error:
+the run is complete, the command says so and ends with exit 0 before it claims or writes anything (a job script that
 resumes until done may run it once too often). A schedule shorter than what was trained is an error: those epochs
 cannot be undone, and continuing would record a recipe (``args.yaml``, ``epochs: N``) beside a ``summary.csv`` and
 checkpoints of more epochs than it says.
@@ -14,9 +14,9 @@ the folder and trains no epoch.
 """
 from typing import Optional
 
-from .config import Config
-from .errors import UserError
-from .run_folder import best_file_epoch, leftover_temporaries
+from utils.config import Config
+from utils.errors import UserError
+from utils.run.run_folder import best_file_epoch, leftover_temporaries
 
 
 def trained_epochs(progress: dict) -> Optional[int]:
@@ -47,6 +47,6 @@ def finished_message(cfg: Config, progress: dict, num_epochs: int) -> Optional[s
 
 
 def needs_repair(folder: str, progress: dict) -> bool:
-    """Whether a kill during the run's last save left work for a start (``utils.run_folder.start_folder``)."""
+    """Whether a kill during the run's last save left work for a start (``utils.run.run_folder.start_folder``)."""
     best_epoch = progress.get('best_epoch')
     return bool(leftover_temporaries(folder)) or (best_epoch is not None and best_file_epoch(folder) != best_epoch)

@@ -4,7 +4,7 @@ file compares checkpoints).
 
 The format follows the extension. The file is checked before the evaluation (a wrong extension, a folder, a file
 that is not a results file of that format are refused, so no evaluation is lost to a bad path), and rewritten whole
-through ``utils.atomic`` after it: a kill or a full disk leaves the previous rows intact. A CSV whose columns differ
+through ``utils.run.atomic`` after it: a kill or a full disk leaves the previous rows intact. A CSV whose columns differ
 from the row's gets the union of both (earlier rows leave the new columns empty).
 """
 import csv
@@ -13,8 +13,8 @@ import json
 import os
 from typing import List
 
-from .atomic import replace_atomically
-from .errors import UserError, writing
+from utils.errors import UserError, writing
+from utils.run.atomic import replace_atomically
 
 FORMATS = ('.csv', '.json')
 COLUMNS = ['checkpoint', 'model', 'dataset', 'top1', 'top5', 'loss', 'samples', 'param_count', 'img_per_sec',

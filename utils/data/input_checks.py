@@ -1,5 +1,5 @@
-"""Checks of a training config that need a library's own parser, run at the start of a run (``utils.main``), before
-any data is read or a run folder is written.
+"""Checks of a training config that need a library's own parser, run at the start of a run (``utils.training.main``),
+before any data is read or a run folder is written.
 
 - ``aa``: the RandAugment / AutoAugment / AugMix policy string is parsed by timm's own functions, the ones the
   training loader will call (so this check accepts exactly what timm accepts), plus one rule timm does not enforce:
@@ -9,7 +9,7 @@ any data is read or a run folder is written.
 """
 import re
 
-from .config import Config, ConfigError
+from utils.config import Config, ConfigError
 
 AA_EXAMPLES = 'rand-m9-n1-mstd0.4-inc1 (the published CIFAR policy), rand-m9-mstd0.5-inc1, original, v0, augmix-m5'
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from timm.data import ImageDataset
 
-from .errors import DataError
+from utils.errors import DataError
 
 _logger = logging.getLogger(__name__)
 SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')

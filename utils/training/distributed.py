@@ -3,7 +3,7 @@
 ``torchrun`` and ``python -m torch.distributed.launch`` both export ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
 rendezvous address; ``torch.distributed.launch`` also passes ``--local-rank=N``, which the config accepts (as
 ``--local_rank``) and which the environment variable overrides. Without them, tasks started by SLURM's ``srun`` find
-their place in SLURM's variables (``utils.slurm``). NCCL on CUDA, gloo on CPU.
+their place in SLURM's variables (``utils.training.slurm``). NCCL on CUDA, gloo on CPU.
 """
 import os
 from dataclasses import dataclass
@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 from timm.utils import distribute_bn
 
-from .config import Config
-from .errors import FailedOnAnotherRank, UserError, exit_code
-from .slurm import slurm_task
+from utils.config import Config
+from utils.errors import FailedOnAnotherRank, UserError, exit_code
+from utils.training.slurm import slurm_task
 
 
 @dataclass
@@ -49,8 +49,9 @@ def init_distributed(cfg: Config) -> DistInfo:
     """Join the process group when launched with several processes; pick this process's device.
 
     torchrun's (and torch.distributed.launch's) variables win when present; otherwise several tasks started by
-    SLURM's ``srun`` are recognised (``utils.slurm``). Under SLURM the GPU is ``SLURM_LOCALID`` modulo the GPUs this
-    task sees, so both ``--gpus-per-node`` (every task sees all) and ``--gpus-per-task=1`` (each sees its own) work.
+    SLURM's ``srun`` are recognised (``utils.training.slurm``). Under SLURM the GPU is ``SLURM_LOCALID`` modulo the GPUs
+    this task sees, so both ``--gpus-per-node`` (every task sees all) and ``--gpus-per-task=1`` (each sees its own)
+    work.
     """
     task = None if 'WORLD_SIZE' in os.environ else slurm_task(os.environ)
     if task is not None:

@@ -20,8 +20,8 @@ Every failure is a :class:`~utils.errors.DataError` naming the folders or number
 import math
 import os
 
-from .config import mixing_on
-from .errors import DataError
+from utils.config import mixing_on
+from utils.errors import DataError
 
 MAX_LISTED = 8  # folder names shown in a message; the rest are counted
 
@@ -92,7 +92,7 @@ def _label_count(cfg, datasets, count: int) -> tuple:
 
 def check_datasets(cfg, train_ds, eval_ds) -> None:
     """``num_classes`` against the data, and the ImageFolder layout; see the module docstring."""
-    from .data import DATASETS  # late: utils.data imports this module
+    from utils.data.loaders import DATASETS  # late: utils.data.loaders imports this module
     datasets = [ds for ds in (train_ds, eval_ds) if ds is not None]
     if not datasets:
         return

@@ -26,7 +26,7 @@ to all T frames (docs/recipe.md section 4); mixup is the engine's.
 
 NumPy 2: SpikingJelly's frame integration and frame loading work under NumPy 2 (checked by the tests); its
 CIFAR10-DVS *raw* reader does not (``np.fromstring`` binary mode, ``np.bool``), which is why raw decoding lives
-in ``utils/aedat.py`` and ``scripts/prepare_dvs.py`` and SpikingJelly is only ever given a prepared
+in ``utils/data/aedat.py`` and ``scripts/prepare_dvs.py`` and SpikingJelly is only ever given a prepared
 ``events_np`` (it would otherwise try to download and convert the raw data itself).
 """
 import contextlib
@@ -50,7 +50,7 @@ from utils.errors import DataError, UserError
 __all__ = ['build_dvs_datasets', 'DVSAugment', 'DVSFrames', 'split_cifar10dvs', 'DVS_DATASETS']
 
 CIFAR10DVS_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-DVS_DATASETS = ('dvs128-gesture', 'cifar10-dvs')  # their class counts: utils.data.DATASETS
+DVS_DATASETS = ('dvs128-gesture', 'cifar10-dvs')  # their class counts: utils.data.loaders.DATASETS
 _RAW_HINT = {
     'dvs128-gesture': ('DvsGesture.tar.gz (or its extracted DvsGesture/ folder) from '
                        'https://research.ibm.com/interactive/dvsgesture/'),
@@ -414,7 +414,7 @@ def build_dvs_datasets(cfg):
         raise UserError(f'--data-dir is required for {dataset}: the root prepared by '
                         f'{_prepare_command(dataset, "ROOT")}')
     root = os.path.expanduser(str(root))
-    T = int(_get(cfg, 'time_steps'))  # >= 1: the schema's bound; num_classes is checked by utils.data_checks
+    T = int(_get(cfg, 'time_steps'))  # >= 1: the schema's bound; num_classes is checked by utils.data.data_checks
     _check_prepared(dataset, root)
     bases, frames = _spikingjelly_frames(dataset, root, T)
     augment = DVSAugment() if _get(cfg, 'dvs_augment', False) else None

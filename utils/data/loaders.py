@@ -5,9 +5,9 @@ as the published runs did: the workers produce uint8 images (random-resized crop
 function mixes them (timm's ``FastCollateMixup``: mixup/cutmix on the uint8 batch, rounded), and the
 ``PrefetchLoader`` then moves the batch to the device, normalises it and random-erases it, so an erased box holds
 the constant fill on top of the mixed image. Event frames (DVS128 Gesture, CIFAR10-DVS) come from
-``utils.dvs_data`` already augmented per sample; they get a plain ``DataLoader`` and timm's batch ``Mixup``, applied
-by the engine in the main process (as the published DVS scripts). ``build_loaders`` returns that mixing object as
-``mixup_fn`` in both cases; :func:`mixes_in_loader` says which of the two it is, :func:`set_mixup_epoch` switches
+``utils.data.dvs_data`` already augmented per sample; they get a plain ``DataLoader`` and timm's batch ``Mixup``,
+applied by the engine in the main process (as the published DVS scripts). ``build_loaders`` returns that mixing object
+as ``mixup_fn`` in both cases; :func:`mixes_in_loader` says which of the two it is, :func:`set_mixup_epoch` switches
 it off from ``mixup_off_epoch`` on (the loaders create their workers each epoch, so the switch reaches them).
 
 Evaluation is sharded without padding (:class:`Shard`), so a distributed evaluation sees every sample exactly once
@@ -25,14 +25,14 @@ from timm.data import FastCollateMixup, Mixup, create_loader
 from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .atomic import replace_atomically
-from .config import Config, mixing_on
-from .data_checks import check_batches, check_datasets
-from .errors import DataError
-from .folder_data import FOLDER, resolve_folder
-from .image_files import ImageFiles
-from .rand_augment_ops import restrict_rand_augment
-from .resumable_data import EpochKey, SeededSamples, make_resumable
+from utils.config import Config, mixing_on
+from utils.data.data_checks import check_batches, check_datasets
+from utils.data.folder_data import FOLDER, resolve_folder
+from utils.data.image_files import ImageFiles
+from utils.data.rand_augment_ops import restrict_rand_augment
+from utils.data.resumable_data import EpochKey, SeededSamples, make_resumable
+from utils.errors import DataError
+from utils.run.atomic import replace_atomically
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,7 +47,7 @@ DATASETS = {
     'imagenet': dict(num_classes=1000, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
     'dvs128-gesture': dict(num_classes=11, img_size=128, mean=None, std=None),
     'cifar10-dvs': dict(num_classes=10, img_size=128, mean=None, std=None),
-    'folder': dict(num_classes=None, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),  # utils.folder_data
+    'folder': dict(num_classes=None, img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),  # utils.data.folder_data
 }
 # CIFAR python pickles: folder, training files, test files, label key.
 CIFAR_FILES = {
@@ -204,7 +204,7 @@ def image_folder(root: str, split: str):
         raise DataError(f'{split} folder not found: {path}\nPoint --data-dir at the folder that holds '
                         f'train/ and val/, each with one sub-folder of images per class.')
     try:
-        return ImageFiles(path)  # timm's ImageDataset, with 16-bit images scaled (utils.image_files)
+        return ImageFiles(path)  # timm's ImageDataset, with 16-bit images scaled (utils.data.image_files)
     except RuntimeError as e:  # e.g. a folder without images
         raise DataError(f'cannot read the images under {path}: {e}') from None
 
@@ -213,7 +213,8 @@ def build_datasets(cfg: Config, train: bool = True, evaluation: bool = True):
     """``(train_ds, eval_ds)`` of the config's data set (either is None when not requested)."""
     resolve_data_config(cfg)
     if cfg.dataset in DVS_DATASETS:
-        from .dvs_data import build_dvs_datasets  # lazy: the event-data code is only needed for those data sets
+        # lazy: the event-data code is only needed for those data sets
+        from utils.data.dvs_data import build_dvs_datasets
         both = build_dvs_datasets(cfg)  # the two splits come from one frame cache
         make = lambda is_train: both[0 if is_train else 1]  # noqa: E731
     elif cfg.dataset == 'digits':
@@ -308,7 +309,7 @@ def _write_text(path: str, text: str) -> None:
 
 def write_sample_files(output: str, train_ds, eval_ds) -> None:
     """Write ``train_files.txt`` / ``test_files.txt`` (one sample a line) for data sets with ``sample_files``,
-    atomically (``utils.atomic``: never through a link to another file)."""
+    atomically (``utils.run.atomic``: never through a link to another file)."""
     for ds, name in ((train_ds, 'train_files.txt'), (eval_ds, 'test_files.txt')):
         if getattr(ds, 'sample_files', None) is not None:
             lines = ''.join(f'{p}\n' for p in ds.sample_files)

@@ -14,12 +14,12 @@ What a start checks before it writes anything (rank 0 checks the folder; every r
 * the disk has room for three checkpoints (last, best, and the next last while it is written), estimated from the
   model's state, the optimizer's state and the EMA copy.
 
-Before it writes, rank 0 claims the folder for the run's life (``utils.run_claim``): a folder that a running process
+Before it writes, rank 0 claims the folder for the run's life (``utils.run.run_claim``): a folder that a running process
 holds is refused, naming it. A resume of a run that has trained its whole schedule ends at once
-(``utils.finished_run``).
+(``utils.run.finished_run``).
 
 Then (rank 0): the folder is created, temporary files left by a killed process are removed, ``model_best.pth.tar``
-is repaired when a kill fell between writing ``last.pth.tar`` and linking it (see ``utils.checkpoint``), and
+is repaired when a kill fell between writing ``last.pth.tar`` and linking it (see ``utils.run.checkpoint``), and
 ``args.yaml`` is written (on resume: once the first new checkpoint is saved, so it never names a recipe that the
 checkpoints did not train with).
 """
@@ -32,15 +32,15 @@ from typing import Mapping, Optional, Sequence
 
 from models import CheckpointError, read_checkpoint
 
-from .checkpoint import BEST, LAST, link_or_copy
-from .config import (INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, ConfigError, config_from_checkpoint,
-                     convert, recorded_config, save_config)
-from .errors import UserError, size_text, writing
-from .factory import architecture_label, architecture_overrides
-from .run_claim import LOCK_NAME, FolderInUse, claim_folder, is_claimed
+from utils.config import (INVOCATION_KEYS, MAY_CHANGE_ON_RESUME, SCHEMA, Config, ConfigError, config_from_checkpoint,
+                          convert, recorded_config, save_config)
+from utils.errors import UserError, size_text, writing
+from utils.run.checkpoint import BEST, LAST, link_or_copy
+from utils.run.run_claim import LOCK_NAME, FolderInUse, claim_folder, is_claimed
+from utils.training.factory import architecture_label, architecture_overrides
 
-# Temporary files of an atomic write (``utils.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>`` and
-# ``<name>.tmp``): garbage once their writer is gone.
+# Temporary files of an atomic write (``utils.run.atomic.temporary_name``; earlier versions wrote ``<name>.tmp<pid>``
+# and ``<name>.tmp``): garbage once their writer is gone.
 _TEMPORARY = re.compile(r'^(?:last\.pth\.tar|model_best\.pth\.tar|checkpoint-\d+\.pth\.tar|summary\.csv|args\.yaml|'
                         r'run\.json)\.tmp\d*(?:\.(?:tar|csv|yaml|json))?$')
 _MAX_LISTED = 10
@@ -110,7 +110,7 @@ def _in_use(path: str, holder: str) -> str:
 
 
 def claim_fresh_output(path: str, made: bool = False) -> None:
-    """Claim the folder of a new run (``utils.run_claim``; ``made``: it was just created for this run), then check
+    """Claim the folder of a new run (``utils.run.run_claim``; ``made``: it was just created for this run), then check
     again, under the claim, that it is empty: of two runs started at once into one folder, one is refused."""
     claim_folder(path, lambda holder: _in_use(path, holder), created=made)
     _check_empty(path)
@@ -201,9 +201,10 @@ def _comparable(value):
 def recorded_values(recorded: Mapping, schema: Mapping = SCHEMA) -> dict:
     """The run's value of every key of ``schema``. A key the run did not record (it was added since) takes the value
     a start gives it today: its default, resolved for the run's data set where the default is null and a start
-    resolves it (``utils.data.resolve_data_config``; e.g. ``eval_amp`` is true for images). So a run recorded before
-    a key existed compares equal to a resume that keeps the key's default (``cfg`` is compared once resolved)."""
-    from .data import DATASETS, resolve_data_config  # late: the data code is heavy, and only a resume needs it
+    resolves it (``utils.data.loaders.resolve_data_config``; e.g. ``eval_amp`` is true for images). So a run recorded
+    before a key existed compares equal to a resume that keeps the key's default (``cfg`` is compared once resolved)."""
+    # late: the data code is heavy, and only a resume needs it
+    from utils.data.loaders import DATASETS, resolve_data_config
     values = {}
     for name, key in schema.items():
         value = recorded.get(name, key.default)
@@ -386,6 +387,6 @@ def start_folder(cfg: Config, resume: Optional[Resume]) -> list:
                 note = repair_best(folder, resume.progress)
             if note:
                 notes.append(note)
-    if resume is None:  # a resumed run's args.yaml follows its first new checkpoint (utils.main)
+    if resume is None:  # a resumed run's args.yaml follows its first new checkpoint (utils.training.main)
         save_run_config(cfg)
     return notes

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGES = ('torch', 'torchvision', 'timm', 'spikingjelly', 'cupy', 'numpy')
 CUPY_DISTRIBUTIONS = ('cupy', 'cupy-cuda12x', 'cupy-cuda11x', 'cupy-cuda13x')
 
@@ -111,14 +111,14 @@ RUN_RECORD = 'run.json'
 def record_run_start(folder: str, record: dict) -> str:
     """Add this start's provenance to ``<folder>/run.json`` (``{"starts": [record, ...]}``), written atomically.
 
-    A run folder's first start makes the file; every resume appends its own entry (``utils.main`` adds
+    A run folder's first start makes the file; every resume appends its own entry (``utils.training.main`` adds
     ``resumed_from``, the checkpoint it continues), so the first start is never overwritten. A ``run.json`` that is
     not this project's record (not JSON, or no ``starts`` list) is left as it is and the start refused, naming the
     file: nothing of it is lost. Returns the path."""
     import json
 
-    from .atomic import replace_atomically
-    from .errors import UserError
+    from utils.run.atomic import replace_atomically
+    from utils.errors import UserError
 
     path = os.path.join(folder, RUN_RECORD)
     starts = []

@@ -20,9 +20,10 @@ from torch import nn
 import models  # noqa: F401  (registers the models with timm)
 from models import SPIKFORMER_VARIANTS, VARIANTS
 
-from .config import Config, ConfigError
+from utils.config import Config, ConfigError
 
-EVENT_DATASETS = ('dvs128-gesture', 'cifar10-dvs')  # as utils.data.DVS_DATASETS (not imported: that module is heavy)
+# as utils.data.loaders.DVS_DATASETS (not imported: that module is heavy)
+EVENT_DATASETS = ('dvs128-gesture', 'cifar10-dvs')
 
 
 def project_models() -> list:

@@ -6,16 +6,16 @@ A checkpoint is timm's dict (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
 ``CheckpointSaver`` is not used: it writes the file in place (a crash mid-write leaves a broken ``last.pth.tar``) and
 keeps a ranked history this project does not need.
 
-Save order, for a kill -9 at any instant: ``last.pth.tar`` is written to a temporary file (``utils.atomic``), flushed
-and renamed over the old one; then, when the epoch is the best so far, ``model_best.pth.tar`` becomes a hard link of it
-(a copy where the file system has no hard links), again through a temporary name and a rename. Each rename is atomic,
-so each file always holds a whole checkpoint. The one state a kill can leave is ``last.pth.tar`` recording itself as
-the best epoch while ``model_best.pth.tar`` holds an older one; the next start repairs it, and removes the
-temporary files (``utils.run_folder``). Files are never rewritten in place, so a link shared by both names is safe.
+Save order, for a kill -9 at any instant: ``last.pth.tar`` is written to a temporary file (``utils.run.atomic``),
+flushed and renamed over the old one; then, when the epoch is the best so far, ``model_best.pth.tar`` becomes a hard
+link of it (a copy where the file system has no hard links), again through a temporary name and a rename. Each rename is
+atomic, so each file always holds a whole checkpoint. The one state a kill can leave is ``last.pth.tar`` recording
+itself as the best epoch while ``model_best.pth.tar`` holds an older one; the next start repairs it, and removes the
+temporary files (``utils.run.run_folder``). Files are never rewritten in place, so a link shared by both names is safe.
 
 Exact resume needs nothing more: the learning rate follows from the epoch, and every epoch reseeds all random
-generators from (seed, rank, epoch) (see ``utils.main``), so no generator state is stored. A mid-epoch checkpoint
-adds an ``in_epoch`` entry (``utils.preemption``).
+generators from (seed, rank, epoch) (see ``utils.training.main``), so no generator state is stored. A mid-epoch
+checkpoint adds an ``in_epoch`` entry (``utils.training.preemption``).
 """
 import os
 import shutil
@@ -26,8 +26,8 @@ from torch import nn
 
 from models import CheckpointError, checkpoint_filter_fn
 
-from .atomic import replace_atomically
-from .errors import writing
+from utils.errors import writing
+from utils.run.atomic import replace_atomically
 
 LAST, BEST = 'last.pth.tar', 'model_best.pth.tar'
 
@@ -53,8 +53,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def make_checkpoint(model, optimizer, epoch: int, cfg, metric: float, best_metric: float, best_epoch: int,
                     scaler=None, ema=None, world: int = 1, provenance: Optional[dict] = None) -> dict:
     """The checkpoint of ``epoch``; ``world_size`` (the number of processes, ``world``) lets a resume keep the global
-    batch (``utils.run_folder.check_same_recipe``); ``provenance`` (``utils.provenance.run_provenance`` of the start
-    that wrote it: command, git commit, versions, host) lets ``test.py`` trace a checkpoint to its run."""
+    batch (``utils.run.run_folder.check_same_recipe``); ``provenance`` (``utils.run.provenance.run_provenance`` of the
+    start that wrote it: command, git commit, versions, host) lets ``test.py`` trace a checkpoint to its run."""
     state = dict(epoch=epoch, arch=cfg.model, state_dict=unwrap(model).state_dict(),
                  optimizer=optimizer.state_dict(), version=2, args=cfg.to_dict(), metric=metric,
                  best_metric=best_metric, best_epoch=best_epoch, world_size=world)
@@ -85,7 +85,7 @@ def save_run_checkpoint(output: str, state: dict, is_best: bool) -> None:
 
 
 def resume_checkpoint(checkpoint: dict, path: str, model: nn.Module, optimizer, scaler=None, ema=None) -> tuple:
-    """Load a run checkpoint (as ``read_checkpoint`` returned it, checked by ``utils.run_folder.open_resume``) into
+    """Load a run checkpoint (as ``read_checkpoint`` returned it, checked by ``utils.run.run_folder.open_resume``) into
     the model, optimizer, scaler and EMA; returns ``(start_epoch, best_metric, best_epoch)``."""
     try:
         unwrap(model).load_state_dict(checkpoint_filter_fn(checkpoint, unwrap(model)), strict=True)
