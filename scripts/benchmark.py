@@ -9,7 +9,8 @@ For one variant, batch size, device and number of time steps, measures for each 
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the peak resident set of
   the measuring process (``ru_maxrss``), and that peak minus the resident set just before the first step ("step"
   column: what the steps themselves add on top of the model, its inputs and the interpreter, the optimizer state
-  included).
+  included); on CPU also that step memory as allocated (glibc's in-use bytes, sampled: :class:`_MallocInUse`),
+  since the resident set also counts freed memory glibc keeps.
 
 A path may carry the opt-ins of train.py (``--channels-last``, ``--torchcompile``): ``fused+channels_last``,
 ``fused+compile`` (inductor) or ``fused+compile=aot_eager``, e.g. ``--paths fused,fused+channels_last,fused+compile``
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +49,51 @@ REPO = Path(__file__).resolve().parents[1]
 def _rss_bytes() -> int:
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+class _MallocInUse:
+    """Peak of the bytes glibc's malloc has handed out and not taken back (``mallinfo2``: heap chunks in use plus
+    mmapped chunks), sampled every 5 ms in a thread; ``peak`` stays None where libc has no ``mallinfo2``.
+
+    Why beside the resident set: glibc keeps freed heap memory resident for reuse, so after a few steps the peak RSS
+    of a checkpointed step sits some 400-600 MiB above the memory its tensors actually occupied at once (8-768,
+    batch 2: docs/speed.md); this figure is those tensors (and oneDNN's scratch buffers), what a caching allocator
+    that returns memory, or a GPU, would have to hold. Sampling can miss a peak shorter than 5 ms."""
+
+    def __init__(self):
+        import ctypes
+        import threading
+        self.peak = None
+        try:
+            libc = ctypes.CDLL('libc.so.6')
+            fields = ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
+                      'keepcost')
+            info = type('mallinfo2', (ctypes.Structure,), {'_fields_': [(f, ctypes.c_size_t) for f in fields]})
+            libc.mallinfo2.restype = info
+        except (OSError, AttributeError):
+            return
+        self._libc, self._stop = libc, threading.Event()
+        self.base = self._read()
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> int:
+        m = self._libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._read())
+
+    def stop(self) -> Optional[float]:
+        """Peak minus the in-use bytes when sampling started, in MiB (None without mallinfo2)."""
+        if self.peak is None:
+            return None
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read())
+        return (self.peak - self.base) / 2 ** 20
 
 
 def worker(args) -> dict:
@@ -114,6 +161,7 @@ def worker(args) -> dict:
                 model(x)
 
     rss_before = _rss_bytes()
+    in_use = _MallocInUse() if device.type == 'cpu' else None
     for _ in range(args.warmup):
         step()
     sync()
@@ -135,6 +183,7 @@ def worker(args) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
         out['peak_mib'] = peak / 2 ** 20
         out['step_mib'] = (peak - rss_before) / 2 ** 20
+        out['step_in_use_mib'] = in_use.stop()
     return out
 
 
@@ -233,7 +282,9 @@ def measure(args, setups, modes, batch_size: int) -> dict:
                 med = statistics.median(res['times'])
                 print(f'round {r + 1}/{args.rounds} batch {batch_size} {mode:5s} {name:11s} '
                       f'{batch_size / med:8.2f} img/s (median {med * 1e3:.0f} ms) peak {res["peak_mib"]:.0f} MiB, '
-                      f'step {res["step_mib"]:.0f} MiB', file=sys.stderr, flush=True)
+                      f'step {res["step_mib"]:.0f} MiB'
+                      + (f' ({res["step_in_use_mib"]:.0f} allocated)' if res.get('step_in_use_mib') is not None else ''),
+                      file=sys.stderr, flush=True)
     return runs
 
 
@@ -273,6 +324,9 @@ def report(args, runs: dict, modes, checkpointing) -> None:
                        step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3,
                        peak_mib=statistics.median(res['peak_mib'] for res in rs),
                        step_mib=statistics.median(res['step_mib'] for res in rs))
+            in_use = [res['step_in_use_mib'] for res in rs if res.get('step_in_use_mib') is not None]
+            if in_use:
+                row['step_in_use_mib'] = statistics.median(in_use)
             if path == 'torch' or (base is None and 'torch' not in names):
                 base = row
             rows.append(row)
@@ -285,6 +339,8 @@ def report(args, runs: dict, modes, checkpointing) -> None:
                 if plain is not None:
                     row['ckpt_time'] = row['step_ms'] / plain['step_ms']
                     row['ckpt_mem'] = row['step_mib'] / plain['step_mib'] if plain['step_mib'] > 0 else None
+                    if plain.get('step_in_use_mib') and 'step_in_use_mib' in row:
+                        row['ckpt_in_use'] = row['step_in_use_mib'] / plain['step_in_use_mib']
 
     config = dict(model=args.model, batch_size=args.batch_size, T=args.T, img_size=args.img_size,
                   device=args.device, amp=args.amp, warmup=args.warmup, steps=args.steps, rounds=args.rounds,
@@ -306,6 +362,12 @@ def report(args, runs: dict, modes, checkpointing) -> None:
         print(f"| {row['mode']} | {row['path']} | {row['img_s']:.2f} | {row['step_ms']:.0f} "
               f"({row['step_ms_min']:.0f}-{row['step_ms_max']:.0f}) | {speed} | {row['peak_mib']:.0f} | "
               f"{row['step_mib']:.0f} | {memr} |{more}")
+    in_use = [row for row in rows if 'step_in_use_mib' in row]
+    if in_use:  # CPU: the resident set overstates what the tensors held at once (see _MallocInUse)
+        print('\nstep MiB as allocated (glibc in-use bytes, peak minus before the first step; the resident set above '
+              'also counts freed memory glibc keeps): ' + ', '.join(
+                  f"{row['mode']} {row['path']} {row['step_in_use_mib']:.0f}"
+                  + (f" ({row['ckpt_in_use']:.2f}x)" if row.get('ckpt_in_use') else '') for row in in_use))
     if args.json:
         out = dict(config=config, machine=machine(args.device), results=rows,
                    raw={f'{p}/{m}': v for (p, m), v in runs.items()})
