@@ -90,10 +90,13 @@ MUTANTS = (
        "metrics['top1'] < best_metric", 'tests/test_selection.py'),
     _m('wiring', 'best-tie-takes-later', 'utils/training/main.py', "metrics['top1'] > best_metric",
        "metrics['top1'] >= best_metric", 'tests/test_selection.py'),
-    _m('wiring', 'rank-seed-ignored', 'utils/training/main.py', 'seed_everything(cfg.seed, info.rank, epoch)',
-       'seed_everything(cfg.seed, 0, epoch)', 'tests/test_rank_randomness.py'),
-    _m('wiring', 'epoch-seed-ignored', 'utils/training/main.py', 'seed_everything(cfg.seed, info.rank, epoch)',
-       'seed_everything(cfg.seed, info.rank, 0)', 'tests/test_rank_randomness.py'),
+    # every training draw is keyed by (seed, rank, epoch, position) (utils.data.resumable_data), so the key is where
+    # a rank or an epoch can be lost; the per-epoch seed_everything of utils.training.main no longer feeds any draw
+    _m('wiring', 'rank-seed-ignored', 'utils/data/loaders.py', 'EpochKey(cfg.seed, rank)', 'EpochKey(cfg.seed, 0)',
+       'tests/test_rank_randomness.py'),
+    _m('wiring', 'epoch-seed-ignored', 'utils/data/resumable_data.py',
+       'derived_seed(self.seed, self.rank, self.epoch, kind, number)', 'derived_seed(self.seed, self.rank, 0, kind, number)',
+       'tests/test_rank_randomness.py'),
     _m('wiring', 'finetune-ignores-use-ema', 'utils/training/main.py',
        'load_initial_checkpoint(model, initial_checkpoint, cfg.use_ema, cfg.trust_checkpoint)',
        'load_initial_checkpoint(model, initial_checkpoint, False, cfg.trust_checkpoint)', 'tests/test_option_pairs.py'),
