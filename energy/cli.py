@@ -157,6 +157,23 @@ def write_report_files(output: str, files: Sequence[Tuple[str, Callable[[str], N
     return written
 
 
+def json_file(data) -> Callable[[str], None]:
+    """A :func:`write_report_files` writer of ``data`` as indented JSON."""
+    def write(path: str) -> None:
+        import json
+        with open(path, 'w') as f:
+            json.dump(data, f, indent=2)
+    return write
+
+
+def text_file(make_text: Callable[[], str]) -> Callable[[str], None]:
+    """A :func:`write_report_files` writer of the text ``make_text()`` returns (made when the file is written)."""
+    def write(path: str) -> None:
+        with open(path, 'w') as f:
+            f.write(make_text())
+    return write
+
+
 def model_details(run: ReportRun) -> list:
     """Lines for a report's Markdown header: model, checkpoint and config, batches and device."""
     cfg, model = run.cfg, run.model

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 from utils.config import ConfigError, has_config_option, load_config
 
-from .cli import prepare_report, report_provenance, write_report_files
+from .cli import json_file, prepare_report, report_provenance, text_file, write_report_files
 from .counter import MULTISPIKE
 from .estimate import estimate_energy_rules
 from .paper import HEADLINE, PAPER, paper_saving
@@ -187,14 +187,6 @@ def compare_main(argv: Sequence[str], extra_keys: dict, provenance_argv: Optiona
             'seconds': seconds, 'provenance': provenance['provenance'],
             'checkpoints': [run.checkpoint for run in runs]}
 
-    def dump(path):
-        import json
-        with open(path, 'w') as f:
-            json.dump(data, f, indent=2)
-
-    def markdown(path):
-        with open(path, 'w') as f:
-            f.write(compare_markdown(names, reports, paper, details))
-
-    written = write_report_files(output, [('compare.json', dump), ('compare.md', markdown)])
+    written = write_report_files(output, [('compare.json', json_file(data)), ('compare.md', text_file(
+        lambda: compare_markdown(names, reports, paper, details)))])
     return dict(reports=reports, paper=paper, output=output, files=written, path=os.path.join(output, 'compare.md'))

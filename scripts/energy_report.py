@@ -44,11 +44,11 @@ from utils.errors import exit_on_interrupt, run_cli  # noqa: E402  (first: Ctrl-
 
 INTERRUPTED = 'interrupted; nothing was written'
 with exit_on_interrupt(INTERRUPTED):
-    import json
     import time
     from dataclasses import asdict
 
-    from energy.cli import REPORT_KEYS, model_details, prepare_report, report_provenance, write_report_files
+    from energy.cli import (REPORT_KEYS, json_file, model_details, prepare_report, report_provenance, text_file,
+                            write_report_files)
     from energy.constants import E_AC_PJ, E_MAC_PJ
     from energy.counter import MULTISPIKE
     from energy.synthetic import INPUTS
@@ -125,16 +125,10 @@ def main(argv=None) -> dict:
               file=sys.stderr)
     extra = report_provenance('energy_report.py', argv, run)
 
-    def dump(path):
-        with open(path, 'w') as f:
-            json.dump({**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None, **extra}, f,
-                      indent=2)
-
-    def markdown(path):
-        with open(path, 'w') as f:
-            f.write(report.to_markdown(title=f'Energy estimate: {title}', paper=row, details=model_details(run)))
-
-    write_report_files(output, [('energy.json', dump), ('energy.md', markdown),
+    data = {**report.to_dict(), 'run': info, 'paper': asdict(row) if row else None, **extra}
+    markdown = text_file(lambda: report.to_markdown(title=f'Energy estimate: {title}', paper=row,
+                                                    details=model_details(run)))
+    write_report_files(output, [('energy.json', json_file(data)), ('energy.md', markdown),
                                 ('energy.png', lambda path: plot_report(report, path, title=title))])
     return dict(report=report, output=output, paper=row)
 
@@ -163,15 +157,8 @@ def architecture_main(run, argv) -> dict:
             **counts.to_dict(), 'estimates': {rule: [asdict(e) for e in rows] for rule, rows in estimates.items()},
             'e_mac_pj': cfg.e_mac_pj, 'e_ac_pj': cfg.e_ac_pj, **extra}
 
-    def dump(path):
-        with open(path, 'w') as f:
-            json.dump(data, f, indent=2)
-
-    def markdown(path):
-        with open(path, 'w') as f:
-            f.write(architecture_markdown(counts, estimates, title, details))
-
-    write_report_files(run.output, [('architecture.json', dump), ('architecture.md', markdown)])
+    write_report_files(run.output, [('architecture.json', json_file(data)), ('architecture.md', text_file(
+        lambda: architecture_markdown(counts, estimates, title, details)))])
     return dict(counts=counts, estimates=estimates, output=run.output)
 
 

@@ -26,10 +26,10 @@ from utils.errors import exit_on_interrupt, run_cli  # noqa: E402  (first: Ctrl-
 
 INTERRUPTED = 'interrupted; nothing was written'
 with exit_on_interrupt(INTERRUPTED):
-    import json
     import time
 
-    from energy.cli import REPORT_KEYS, model_details, prepare_report, report_provenance, write_report_files
+    from energy.cli import (REPORT_KEYS, json_file, model_details, prepare_report, report_provenance, text_file,
+                            write_report_files)
     from utils.config import Bounds, Key
 
 EXTRA_KEYS = {
@@ -65,15 +65,8 @@ def main(argv=None) -> dict:
 
     extra = report_provenance('spike_report.py', argv, run)
 
-    def dump(path):
-        with open(path, 'w') as f:
-            json.dump({**report.to_dict(), 'run': info, **extra}, f, indent=2)
-
-    def markdown(path):
-        with open(path, 'w') as f:
-            f.write(report.to_markdown(title=f'Spikes: {title}', details=model_details(run)))
-
-    files = [('spikes.json', dump), ('spikes.md', markdown),
+    files = [('spikes.json', json_file({**report.to_dict(), 'run': info, **extra})),
+             ('spikes.md', text_file(lambda: report.to_markdown(title=f'Spikes: {title}', details=model_details(run)))),
              ('firing_rates.png', lambda path: plot_firing_rates(report, path, title=title))]
     if report.maps:
         files.append(('firing_maps.png', lambda path: plot_firing_maps(report, path, title=title)))
