@@ -30,7 +30,7 @@ from utils.data.data_checks import check_batches, check_datasets
 from utils.data.folder_data import FOLDER, resolve_folder
 from utils.data.image_files import ImageFiles
 from utils.data.rand_augment_ops import restrict_rand_augment
-from utils.data.resumable_data import EpochKey, SeededSamples, make_resumable
+from utils.data.resumable_data import DatasetView, EpochKey, SeededSamples, make_resumable
 from utils.errors import DataError
 from utils.run.atomic import replace_atomically
 
@@ -228,19 +228,11 @@ def build_datasets(cfg: Config, train: bool = True, evaluation: bool = True):
     return train_ds, eval_ds
 
 
-class Shard(Dataset):
+class Shard(DatasetView):
     """Every ``world``-th sample from ``rank`` on, without padding; forwards ``transform`` to the data set."""
 
     def __init__(self, dataset, rank: int = 0, world: int = 1):
         self.dataset, self.indices = dataset, range(rank, len(dataset), world)
-
-    @property
-    def transform(self):
-        return self.dataset.transform
-
-    @transform.setter
-    def transform(self, value):
-        self.dataset.transform = value
 
     def __len__(self):
         return len(self.indices)

@@ -69,13 +69,9 @@ class EpochKey:
 SAMPLE, BATCH, MAIN = 0, 1, 2  # the kinds of keyed draws, so that sample 3 and batch 3 draw different numbers
 
 
-class SeededSamples(Dataset):
-    """The training data set, each sample loaded under generators keyed by its position in the epoch (see above);
-    forwards ``transform`` (timm's loader sets it) and the attributes of the data set it wraps. Indexed with a plain
-    index (outside the loader) it is the wrapped data set, drawing from the global generators."""
-
-    def __init__(self, dataset, key: EpochKey):
-        self.dataset, self.key = dataset, key
+class DatasetView(Dataset):
+    """A data set over another one (``self.dataset``) that forwards its ``transform``, which timm's loader sets on the
+    data set it is given: the wrapped set's transform is the one applied."""
 
     @property
     def transform(self):
@@ -84,6 +80,15 @@ class SeededSamples(Dataset):
     @transform.setter
     def transform(self, value):
         self.dataset.transform = value
+
+
+class SeededSamples(DatasetView):
+    """The training data set, each sample loaded under generators keyed by its position in the epoch (see above);
+    forwards ``transform`` (timm's loader sets it) and the attributes of the data set it wraps. Indexed with a plain
+    index (outside the loader) it is the wrapped data set, drawing from the global generators."""
+
+    def __init__(self, dataset, key: EpochKey):
+        self.dataset, self.key = dataset, key
 
     def __getattr__(self, name):  # sample_files, classes, ...
         if name == 'dataset':
