@@ -137,6 +137,17 @@ def assert_same_run(folder: Path, reference: Path):
 KILLED_CHILD_TIMEOUT = 300  # seconds for a forked training to reach its kill point (it takes about one)
 
 
+
+def tiny_cifar_run(root: Path, epochs: int) -> Tuple[Path, Path]:
+    """A finished tiny CIFAR-10 run of ``epochs`` epochs in ``root/run`` on stand-in data in ``root/cifar``;
+    returns ``(data folder, run folder)``."""
+    from utils.training.main import train_main
+    data = write_cifar10(root / 'cifar')
+    train_main(['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE +
+               ['--epochs', str(epochs), '--output', str(root / 'run')])
+    return data, root / 'run'
+
+
 def train_and_kill(argv, function: str, written: str, n: int, when: str) -> None:
     """Fork; the child runs ``train_main(argv)`` and SIGKILLs itself at the n-th call of ``function`` ('os.replace',
     'os.link' or 'torch.save') that writes a file whose name starts with ``written``, ``when`` 'before' or 'after'

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, write_cifar10
+from helpers import load_script, refused, tiny_cifar_run
 from utils.errors import DataError
 from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
-from utils.training.main import train_main
 
 prepare_dvs = load_script('prepare_dvs')
 
@@ -47,9 +46,7 @@ def test_a_trials_line_outside_the_raw_folder_is_refused(gesture_raw, tmp_path, 
 def moved_checkpoint(tmp_path_factory):
     """A run's checkpoint that records a data_dir that does not exist here and dataset_download: true."""
     root = tmp_path_factory.mktemp('recorded')
-    data = write_cifar10(root / 'cifar')
-    train_main(['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE +
-               ['--epochs', '1', '--output', str(root / 'run')])
+    data, _ = tiny_cifar_run(root, epochs=1)
     checkpoint = torch.load(root / 'run' / 'model_best.pth.tar', weights_only=True)
     checkpoint['args'].update(data_dir=str(root / 'nowhere' / 'cifar'), dataset_download=True)
     path = root / 'moved.pth.tar'

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import CIFAR10_YML, SCHEDULE, TINY, read_summary, refused, train_and_kill, write_cifar10
+from helpers import read_summary, refused, tiny_cifar_run, train_and_kill
 from utils.errors import run_cli
 from utils.run import run_folder
 from utils.training.main import train_main
@@ -17,12 +17,7 @@ from utils.training.main import train_main
 
 @pytest.fixture(scope='module')
 def two_epochs(tmp_path_factory):
-    root = tmp_path_factory.mktemp('finished')
-    data = write_cifar10(root / 'cifar')
-    folder = root / 'run'
-    train_main(['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE +
-               ['--epochs', '2', '--output', str(folder)])
-    return folder
+    return tiny_cifar_run(tmp_path_factory.mktemp('finished'), epochs=2)[1]
 
 
 def copy_of(run_folder: Path, tmp_path: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CIFAR10_YML, REPO, SCHEDULE, TINY, EventFrames, read_summary, write_cifar10
+from helpers import REPO, EventFrames, read_summary, tiny_cifar_run
 from utils.data.loaders import write_sample_files
 from utils.run import run_claim
 from utils.run.atomic import NotAFileOfItsOwn, append_text
@@ -64,12 +64,7 @@ def test_sample_lists_are_not_written_through_links(tmp_path):
 
 @pytest.fixture(scope='module')
 def two_epochs(tmp_path_factory):
-    root = tmp_path_factory.mktemp('links')
-    data = write_cifar10(root / 'cifar')
-    folder = root / 'run'
-    train_main(['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE +
-               ['--epochs', '2', '--output', str(folder)])
-    return folder
+    return tiny_cifar_run(tmp_path_factory.mktemp('links'), epochs=2)[1]
 
 
 def snapshot(folder: Path) -> dict:

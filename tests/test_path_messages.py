@@ -6,7 +6,7 @@ import shutil
 import pytest
 import yaml
 
-from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, read_summary, refused, write_cifar10
+from helpers import CIFAR10_YML, TINY, load_script, read_summary, refused, tiny_cifar_run
 from utils.config import PATH_KEYS, load_config
 from utils.run import run_folder
 from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
@@ -16,10 +16,8 @@ from utils.training.main import train_main
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('paths')
-    data = write_cifar10(root / 'cifar')
-    train_main(['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE +
-               ['--epochs', '1', '--output', str(root / 'run')])
-    return dict(root=root, data=data, run=root / 'run')
+    data, run = tiny_cifar_run(root, epochs=1)
+    return dict(root=root, data=data, run=run)
 
 
 def test_a_folder_given_as_a_checkpoint(runs, capsys):
