@@ -131,12 +131,18 @@ def _replace_with_fresh_file(path: str) -> None:
             os.remove(tmp)
 
 
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 400, 0).decode('utf-8', 'replace').strip()
-    except OSError:
-        text = ''
-    return text or 'another process (it has not recorded its id yet)'
+def _read_holder(fd: int, wait: float = 0.0) -> str:
+    """The holder line of a claimed lock file. The holder writes it just after it takes the lock, so a refusal in
+    that instant may find the file still empty: it reads again for up to ``wait`` seconds before saying so."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            text = os.pread(fd, 400, 0).decode('utf-8', 'replace').strip()
+        except OSError:
+            text = ''
+        if text or time.monotonic() >= deadline:
+            return text or 'another process (it has not recorded its id yet)'
+        time.sleep(0.02)
 
 
 def claim_folder(folder: str, in_use: Callable[[str], str], create: bool = True, created: bool = False
@@ -181,7 +187,7 @@ def _claim(folder: str, path: str, in_use: Callable[[str], str], created: bool) 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = _read_holder(fd, wait=2.0)
             os.close(fd)
             raise FolderInUse(in_use(holder)) from None
         except OSError as e:
@@ -215,7 +221,7 @@ def is_claimed(folder: str) -> Optional[str]:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _read_holder(fd)
+        return _read_holder(fd, wait=2.0)
     except OSError:  # no locks on this file system: nobody can hold one
         return None
     finally:
