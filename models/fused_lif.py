@@ -67,7 +67,8 @@ def lif_forward(x_seq: torch.Tensor, tau: float, v_threshold: float, h_seq: Opti
     """Spikes ``[T, ...]`` of a LIF starting from ``v = 0``; writes the charged potentials into ``h_seq`` if given.
 
     No autograd: this is the arithmetic shared by the training forward and inference. The spikes have the dtype of
-    ``x_seq`` unless ``spike_dtype`` says otherwise.
+    ``x_seq`` unless ``spike_dtype`` says otherwise. ``h_seq`` may be ``x_seq`` itself: each step reads ``x_t`` before
+    it writes ``h_t`` in its place, so the potentials then replace the input without a second ``[T, N]`` buffer.
     """
     T = x_seq.shape[0]
     spikes = torch.empty_like(x_seq, dtype=spike_dtype)
@@ -103,16 +104,27 @@ def lif_forward(x_seq: torch.Tensor, tau: float, v_threshold: float, h_seq: Opti
 
 
 def lif_backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_threshold: float,
-                 alpha: float) -> torch.Tensor:
-    """Gradient with respect to the input of :func:`lif_forward`, from the saved charged potentials ``h_seq``."""
+                 alpha: float, overwrite: bool = False) -> torch.Tensor:
+    """Gradient with respect to the input of :func:`lif_forward`, from the saved charged potentials ``h_seq``.
+
+    ``overwrite=True`` (for a caller that owns both tensors, :mod:`models.stem_recompute`): ``h_seq`` and
+    ``grad_spikes`` are overwritten, the result is written into ``grad_spikes`` and the reset mask is kept as bool, so
+    the backward allocates only that mask (a quarter of ``[T-1, N]`` floats) instead of two ``[T, N]`` temporaries.
+    The same operations on the same values: the result is bit for bit the one without (tests/test_stem_recompute.py).
+    """
     out_dtype = grad_spikes.dtype
     if h_seq.dtype in _REDUCED:
         h_seq = h_seq.float()
     grad_spikes = grad_spikes.to(h_seq.dtype)
     T = h_seq.shape[0]
     # surrogate: g_s * alpha * sig(alpha u) * (1 - sig(alpha u)), u = h - v_th
-    sg = torch.sub(h_seq, v_threshold).mul_(alpha).sigmoid_()
-    grad = torch.ops.aten.sigmoid_backward(grad_spikes, sg)  # g_s * (1 - sig) * sig, still to be scaled by alpha
+    if overwrite:
+        not_fired = torch.lt(h_seq[:T - 1], v_threshold)  # bool, taken before h_seq becomes the surrogate
+        sg = h_seq.sub_(v_threshold).mul_(alpha).sigmoid_()
+        grad = torch.ops.aten.sigmoid_backward.grad_input(grad_spikes, sg, grad_input=grad_spikes)
+    else:
+        sg = torch.sub(h_seq, v_threshold).mul_(alpha).sigmoid_()
+        grad = torch.ops.aten.sigmoid_backward(grad_spikes, sg)  # g_s * (1 - sig) * sig, still to be scaled by alpha
     # With alpha a power of two (docs/recipe.md section 1: 4) the recurrence below can run on g_h / alpha, which is
     # g_h scaled exactly, and the final g_h / tau becomes one division by tau / alpha: one pass over [T, N] less, same
     # roundings.
@@ -120,7 +132,8 @@ def lif_backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_t
     if not exact_scale:
         grad.mul_(alpha)
     # reset path: g_h_t += g_h_{t+1} * (1 - 1/tau) * (1 - s_t), backwards in time, in place
-    not_fired = torch.lt(h_seq[:T - 1], v_threshold, out=sg[:T - 1])
+    if not overwrite:
+        not_fired = torch.lt(h_seq[:T - 1], v_threshold, out=sg[:T - 1])
     decay = 1. - 1. / tau
     for t in range(T - 2, -1, -1):
         grad[t].addcmul_(grad[t + 1], not_fired[t], value=decay)
@@ -146,14 +159,21 @@ class LIFFunction(torch.autograd.Function):
         return lif_backward(grad_spikes, h_seq, tau, v_threshold, alpha), None, None, None
 
 
+def charge_input(x_seq: torch.Tensor) -> torch.Tensor:
+    """The tensor the training recurrence runs on: under an active autocast a float16/bfloat16 input upcast to
+    float32, as the torch backend's TorchScript charge does (see module doc); otherwise ``x_seq`` itself."""
+    if x_seq.dtype in _REDUCED and torch.is_autocast_enabled(x_seq.device.type):
+        return x_seq.float()
+    return x_seq
+
+
 def fused_lif(x_seq: torch.Tensor, tau: float, v_threshold: float, alpha: float = 4.) -> torch.Tensor:
     """Spikes of a multi-step LIF (``v_0 = 0``, hard reset to 0) for ``x_seq`` of shape ``[T, ...]``.
 
     Keeps a graph (one node, one saved tensor) only when ``x_seq`` requires a gradient and grad mode is on.
     """
     spike_dtype = x_seq.dtype
-    if x_seq.dtype in _REDUCED and torch.is_autocast_enabled(x_seq.device.type):
-        x_seq = x_seq.float()  # what the torch backend's TorchScript charge does under autocast (see module doc)
+    x_seq = charge_input(x_seq)
     if torch.is_grad_enabled() and x_seq.requires_grad:
         return LIFFunction.apply(x_seq, float(tau), float(v_threshold), float(alpha))
     # inference: the torch backend's eval kernel writes its spikes into a tensor of the input's dtype

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import stem_recompute
 from .activation_checkpoint import checkpoint_module, checkpoint_sequence
 
 MakeLIF = Callable[..., nn.Module]
@@ -73,12 +74,19 @@ class TokenizerStage(nn.Module):
             self.rpe_lif = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]
-        x = self.pool(_merge_time(self.lif(x)))
-        out = _split_time(self.bn(self.conv(x)), T)
+        return self.project(self.fire(x))
+
+    def fire(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's LIF, then its max pooling: ``[T, B, C, H, W]`` -> spikes ``[T, B, C, H', W']``."""
+        return _split_time(self.pool(_merge_time(self.lif(x))), x.shape[0])
+
+    def project(self, s: torch.Tensor) -> torch.Tensor:
+        """Conv-BatchNorm (and the ``rpe`` branch) on the pooled spikes ``s`` of :meth:`fire`."""
+        T = s.shape[0]
+        out = _split_time(self.bn(self.conv(_merge_time(s))), T)
         if self.rpe_lif is None:
             return out
-        return self.rpe_lif(out) + _split_time(x, T)
+        return self.rpe_lif(out) + s
 
 
 class SpikingTokenizer(nn.Module):
@@ -115,11 +123,19 @@ class SpikingTokenizer(nn.Module):
         return x
 
     def forward_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` with the stem and each stage recomputed in backward (``models.activation_checkpoint``)."""
+        """:meth:`forward` with the stem and each stage recomputed in backward (``models.activation_checkpoint``).
+
+        The full-resolution front (stem, first LIF, first pool) is recomputed by :mod:`models.stem_recompute`, which
+        bounds its backward to three full-resolution tensors, where the neuron runs the fused path; with the other
+        neuron paths the stem and the first stage are plain checkpointed segments. Same numbers either way."""
         if not torch.is_grad_enabled():
             return self(x)
-        x = checkpoint_module(self, x, self.forward_stem)
-        return checkpoint_sequence(self.stages, x)
+        first = self.stages[0]
+        if stem_recompute.supported(self, x):
+            x = checkpoint_module(first, stem_recompute.front(self, x), first.project)
+        else:
+            x = checkpoint_module(first, checkpoint_module(self, x, self.forward_stem))
+        return checkpoint_sequence(self.stages[1:], x)
 
 
 def attention_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
