@@ -6,11 +6,18 @@ For one variant, batch size, device and number of time steps, measures for each 
 
 * training step: zero_grad, forward, cross-entropy, backward, AdamW step (images/s, median over steps);
 * inference: ``eval()`` forward under ``torch.inference_mode`` (images/s, median over steps);
-* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps; on CPU the peak resident set of
-  the measuring process (``ru_maxrss``), and that peak minus the resident set just before the first step ("step"
-  column: what the steps themselves add on top of the model, its inputs and the interpreter, the optimizer state
-  included); on CPU also that step memory as allocated (glibc's in-use bytes, sampled: :class:`_MallocInUse`),
-  since the resident set also counts freed memory glibc keeps.
+* step memory ("step MiB"), the same on every device: the peak of the bytes allocated during the timed steps minus
+  the bytes allocated between two steps (after the warm-up steps and ``zero_grad(set_to_none=True)``: the weights,
+  buffers, the input batch and the optimizer state), i.e. what a training step adds to what a run holds anyway:
+  activations, gradients, temporaries. On CUDA ``torch.cuda.max_memory_allocated`` against
+  ``torch.cuda.memory_allocated``; on CPU glibc's in-use bytes, sampled (:class:`_MallocInUse`). This is the figure
+  ``--grad-checkpointing both`` compares; it needs ``--warmup`` of at least 1 in training (AdamW creates its state in
+  its first step).
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set (``ru_maxrss``), and, as
+  "RSS step MiB", that peak minus the resident set just before the first step (the optimizer state included: the
+  figure the per-variant lines of ``--fit-batch-sizes`` and ``utils.training.memory_estimate`` rest on). The
+  resident set also counts freed memory that glibc keeps for reuse, which is why the step memory is measured as
+  allocated bytes.
 
 A path may carry the opt-ins of train.py (``--channels-last``, ``--torchcompile``): ``fused+channels_last``,
 ``fused+compile`` (inductor) or ``fused+compile=aot_eager``, e.g. ``--paths fused,fused+channels_last,fused+compile``
@@ -53,17 +60,19 @@ def _rss_bytes() -> int:
 
 class _MallocInUse:
     """Peak of the bytes glibc's malloc has handed out and not taken back (``mallinfo2``: heap chunks in use plus
-    mmapped chunks), sampled every 5 ms in a thread; ``peak`` stays None where libc has no ``mallinfo2``.
+    mmapped chunks), sampled every 2 ms in a thread, since :meth:`restart`; ``available`` is False where libc has no
+    ``mallinfo2``.
 
-    Why beside the resident set: glibc keeps freed heap memory resident for reuse, so after a few steps the peak RSS
-    of a checkpointed step sits some 400-600 MiB above the memory its tensors actually occupied at once (8-768,
-    batch 2: docs/speed.md); this figure is those tensors (and oneDNN's scratch buffers), what a caching allocator
-    that returns memory, or a GPU, would have to hold. Sampling can miss a peak shorter than 5 ms."""
+    Why not the resident set: glibc keeps freed heap memory resident for reuse, so after a few steps the peak RSS of a
+    checkpointed step sits some 400-600 MiB above the memory its tensors actually occupied at once (8-768, batch 2:
+    docs/speed.md), and the resident set between two steps still holds the freed activations of the step before.
+    In-use bytes are those tensors (and oneDNN's scratch buffers): what a caching allocator that returns memory, or a
+    GPU, would have to hold. Sampling can miss a peak shorter than 2 ms; the tensors of a step live far longer."""
 
     def __init__(self):
         import ctypes
         import threading
-        self.peak = None
+        self.available = False
         try:
             libc = ctypes.CDLL('libc.so.6')
             fields = ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
@@ -72,9 +81,9 @@ class _MallocInUse:
             libc.mallinfo2.restype = info
         except (OSError, AttributeError):
             return
+        self.available = True
         self._libc, self._stop = libc, threading.Event()
-        self.base = self._read()
-        self.peak = self.base
+        self.restart()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -83,12 +92,16 @@ class _MallocInUse:
         return m.uordblks + m.hblkhd
 
     def _run(self) -> None:
-        while not self._stop.wait(0.005):
+        while not self._stop.wait(0.002):
             self.peak = max(self.peak, self._read())
 
+    def restart(self) -> None:
+        """From now on: the base is the bytes in use now, the peak starts there."""
+        self.base = self.peak = self._read()
+
     def stop(self) -> Optional[float]:
-        """Peak minus the in-use bytes when sampling started, in MiB (None without mallinfo2)."""
-        if self.peak is None:
+        """Peak minus the base, in MiB (None without mallinfo2)."""
+        if not self.available:
             return None
         self._stop.set()
         self._thread.join()
@@ -161,13 +174,15 @@ def worker(args) -> dict:
                 model(x)
 
     rss_before = _rss_bytes()
-    in_use = _MallocInUse() if device.type == 'cpu' else None
     for _ in range(args.warmup):
         step()
     sync()
+    if args.mode == 'train':
+        opt.zero_grad(set_to_none=True)  # between two steps a run holds no gradients (timm's loop, the engine's)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
+    in_use = _MallocInUse() if device.type == 'cpu' else None
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -175,15 +190,17 @@ def worker(args) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     out = dict(path=args.path, mode=args.mode, times=times, threads=torch.get_num_threads(),
-               checkpointing=bool(args.checkpointing), batch_size=args.batch_size)
+               checkpointing=bool(args.checkpointing), batch_size=args.batch_size, warmup=args.warmup)
     if device.type == 'cuda':
         out['peak_mib'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         out['step_mib'] = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2 ** 20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
         out['peak_mib'] = peak / 2 ** 20
-        out['step_mib'] = (peak - rss_before) / 2 ** 20
-        out['step_in_use_mib'] = in_use.stop()
+        out['rss_step_mib'] = (peak - rss_before) / 2 ** 20
+        out['step_mib'] = in_use.stop()
+        if out['step_mib'] is None:  # no mallinfo2 (not glibc): the resident figure is all there is
+            out['step_mib'] = out['rss_step_mib']
     return out
 
 
@@ -283,7 +300,7 @@ def measure(args, setups, modes, batch_size: int) -> dict:
                 print(f'round {r + 1}/{args.rounds} batch {batch_size} {mode:5s} {name:11s} '
                       f'{batch_size / med:8.2f} img/s (median {med * 1e3:.0f} ms) peak {res["peak_mib"]:.0f} MiB, '
                       f'step {res["step_mib"]:.0f} MiB'
-                      + (f' ({res["step_in_use_mib"]:.0f} allocated)' if res.get('step_in_use_mib') is not None else ''),
+                      + (f' (RSS step {res["rss_step_mib"]:.0f})' if res.get('rss_step_mib') is not None else ''),
                       file=sys.stderr, flush=True)
     return runs
 
@@ -298,7 +315,10 @@ def fit_memory(args) -> None:
     fits = {}
     for ckpt in checkpointing:
         name = setup_name(path, ckpt)
-        step = [statistics.median(r['step_mib'] for r in measure(args, [(path, ckpt)], ['train'], b)[(name, 'train')])
+        # the resident figure on CPU (the optimizer state included: what utils.training.memory_estimate adds to the
+        # weights), the allocated one on CUDA
+        step = [statistics.median(r.get('rss_step_mib', r['step_mib'])
+                                  for r in measure(args, [(path, ckpt)], ['train'], b)[(name, 'train')])
                 for b in sizes]
         b = (step[1] - step[0]) / (sizes[1] - sizes[0])
         fits[name] = dict(a_mib=step[0] - b * sizes[0], b_mib=b, step_mib=dict(zip(sizes, step)))
@@ -324,9 +344,9 @@ def report(args, runs: dict, modes, checkpointing) -> None:
                        step_ms_min=min(times) * 1e3, step_ms_max=max(times) * 1e3,
                        peak_mib=statistics.median(res['peak_mib'] for res in rs),
                        step_mib=statistics.median(res['step_mib'] for res in rs))
-            in_use = [res['step_in_use_mib'] for res in rs if res.get('step_in_use_mib') is not None]
-            if in_use:
-                row['step_in_use_mib'] = statistics.median(in_use)
+            rss = [res['rss_step_mib'] for res in rs if res.get('rss_step_mib') is not None]
+            if rss:
+                row['rss_step_mib'] = statistics.median(rss)
             if path == 'torch' or (base is None and 'torch' not in names):
                 base = row
             rows.append(row)
@@ -339,8 +359,8 @@ def report(args, runs: dict, modes, checkpointing) -> None:
                 if plain is not None:
                     row['ckpt_time'] = row['step_ms'] / plain['step_ms']
                     row['ckpt_mem'] = row['step_mib'] / plain['step_mib'] if plain['step_mib'] > 0 else None
-                    if plain.get('step_in_use_mib') and 'step_in_use_mib' in row:
-                        row['ckpt_in_use'] = row['step_in_use_mib'] / plain['step_in_use_mib']
+                    if plain.get('rss_step_mib') and 'rss_step_mib' in row:
+                        row['ckpt_rss'] = row['rss_step_mib'] / plain['rss_step_mib']
 
     config = dict(model=args.model, batch_size=args.batch_size, T=args.T, img_size=args.img_size,
                   device=args.device, amp=args.amp, warmup=args.warmup, steps=args.steps, rounds=args.rounds,
@@ -353,6 +373,10 @@ def report(args, runs: dict, modes, checkpointing) -> None:
     print(f'\n| mode | neuron path | img/s | step ms (min-max) | speed-up vs torch | {mem} MiB | step MiB | '
           f'step memory vs torch |{extra}')
     print('|---|---|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if ckpt else ''))
+    notes = ['step MiB: the peak allocated during a step minus what a run holds between steps (weights, buffers, '
+             'optimizer state)']
+    if 'train' in modes and args.warmup < 1:
+        notes.append('with --warmup 0 it includes the optimizer state AdamW creates in its first step')
     for row in rows:
         speed = f"{row['speedup']:.2f}x" if row.get('speedup') else '-'
         memr = f"{row['mem_ratio']:.2f}x" if row.get('mem_ratio') else '-'
@@ -362,12 +386,13 @@ def report(args, runs: dict, modes, checkpointing) -> None:
         print(f"| {row['mode']} | {row['path']} | {row['img_s']:.2f} | {row['step_ms']:.0f} "
               f"({row['step_ms_min']:.0f}-{row['step_ms_max']:.0f}) | {speed} | {row['peak_mib']:.0f} | "
               f"{row['step_mib']:.0f} | {memr} |{more}")
-    in_use = [row for row in rows if 'step_in_use_mib' in row]
-    if in_use:  # CPU: the resident set overstates what the tensors held at once (see _MallocInUse)
-        print('\nstep MiB as allocated (glibc in-use bytes, peak minus before the first step; the resident set above '
-              'also counts freed memory glibc keeps): ' + ', '.join(
-                  f"{row['mode']} {row['path']} {row['step_in_use_mib']:.0f}"
-                  + (f" ({row['ckpt_in_use']:.2f}x)" if row.get('ckpt_in_use') else '') for row in in_use))
+    print('\n' + '; '.join(notes) + '.')
+    rss = [row for row in rows if 'rss_step_mib' in row]
+    if rss:  # CPU: the resident set, for the per-variant lines (see the module doc)
+        print('\nRSS step MiB (peak resident set minus before the first step, the optimizer state included; it also '
+              'counts freed memory glibc keeps): ' + ', '.join(
+                  f"{row['mode']} {row['path']} {row['rss_step_mib']:.0f}"
+                  + (f" ({row['ckpt_rss']:.2f}x)" if row.get('ckpt_rss') else '') for row in rss))
     if args.json:
         out = dict(config=config, machine=machine(args.device), results=rows,
                    raw={f'{p}/{m}': v for (p, m), v in runs.items()})

@@ -1,0 +1,48 @@
+"""scripts/benchmark.py on CPU: the allocated-bytes meter sees a known allocation and not what was held before it,
+and ``--grad-checkpointing both`` reports both settings side by side with their ratios (the figures themselves are
+measurements for docs/speed.md, not asserted here)."""
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location('benchmark', REPO / 'scripts' / 'benchmark.py')
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+
+def test_allocated_meter_counts_what_is_allocated_after_its_start_only():
+    held = torch.ones(16 * 2 ** 20 // 4)  # 16 MiB held before: between-steps state, not step memory
+    meter = benchmark._MallocInUse()
+    if not meter.available:
+        pytest.skip('this libc has no mallinfo2 (not glibc)')
+    step = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB allocated during the "step"
+    time.sleep(0.05)
+    del step
+    mib = meter.stop()
+    assert 60 <= mib < 72
+    assert held.sum() > 0
+
+
+def test_side_by_side_report(tmp_path):
+    out = tmp_path / 'b.json'
+    proc = subprocess.run([sys.executable, 'scripts/benchmark.py', '--model', 'spikingformer_cifar_4_256',
+                           '--batch-size', '2', '--T', '1', '--img-size', '16', '--paths', 'fused', '--modes', 'train',
+                           '--grad-checkpointing', 'both', '--rounds', '1', '--warmup', '1', '--steps', '1',
+                           '--threads', '1', '--json', str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {row['path']: row for row in json.loads(out.read_text())['results']}
+    assert set(rows) == {'fused', 'fused+ckpt'}
+    plain, ckpt = rows['fused'], rows['fused+ckpt']
+    for row in (plain, ckpt):
+        assert row['step_mib'] > 0 and row['rss_step_mib'] > 0
+    assert ckpt['ckpt_mem'] == pytest.approx(ckpt['step_mib'] / plain['step_mib'])
+    assert ckpt['ckpt_time'] == pytest.approx(ckpt['step_ms'] / plain['step_ms'])
+    assert '| train | fused+ckpt |' in proc.stdout and 'time vs no ckpt' in proc.stdout
