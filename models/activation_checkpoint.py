@@ -62,9 +62,13 @@ def checkpoint_module(module: nn.Module, x: torch.Tensor, function: Optional[Cal
     return checkpoint(run, x, use_reentrant=False)
 
 
-def checkpoint_sequence(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+def checkpoint_sequence(modules: Iterable[nn.Module], x: torch.Tensor, plain_last: int = 0) -> torch.Tensor:
     """Run ``modules`` one after another, each checkpointed on its own (only the input of each is kept), when
-    gradients are being recorded; a plain run under ``torch.no_grad`` (evaluation), where there is nothing to save."""
-    for module in modules:
-        x = checkpoint_module(module, x) if torch.is_grad_enabled() else module(x)
+    gradients are being recorded; a plain run under ``torch.no_grad`` (evaluation), where there is nothing to save.
+    The last ``plain_last`` modules run plainly, keeping their activations (for a module whose activations do not
+    add to the step's peak, recomputing them would cost time and save nothing)."""
+    modules = list(modules)
+    for i, module in enumerate(modules):
+        recompute = torch.is_grad_enabled() and i < len(modules) - plain_last
+        x = checkpoint_module(module, x) if recompute else module(x)
     return x

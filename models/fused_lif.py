@@ -107,10 +107,10 @@ def lif_backward(grad_spikes: torch.Tensor, h_seq: torch.Tensor, tau: float, v_t
                  alpha: float, overwrite: bool = False) -> torch.Tensor:
     """Gradient with respect to the input of :func:`lif_forward`, from the saved charged potentials ``h_seq``.
 
-    ``overwrite=True`` (for a caller that owns both tensors, :mod:`models.stem_recompute`): ``h_seq`` and
+    ``overwrite=True`` (for a caller that owns both tensors, :mod:`models.fire_recompute`): ``h_seq`` and
     ``grad_spikes`` are overwritten, the result is written into ``grad_spikes`` and the reset mask is kept as bool, so
     the backward allocates only that mask (a quarter of ``[T-1, N]`` floats) instead of two ``[T, N]`` temporaries.
-    The same operations on the same values: the result is bit for bit the one without (tests/test_stem_recompute.py).
+    The same operations on the same values: the result is bit for bit the one without (tests/test_fire_recompute.py).
     """
     out_dtype = grad_spikes.dtype
     if h_seq.dtype in _REDUCED:

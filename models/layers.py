@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from . import stem_recompute
+from . import fire_recompute
 from .activation_checkpoint import checkpoint_module, checkpoint_sequence
 
 MakeLIF = Callable[..., nn.Module]
@@ -123,19 +123,27 @@ class SpikingTokenizer(nn.Module):
         return x
 
     def forward_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` with the stem and each stage recomputed in backward (``models.activation_checkpoint``).
+        """:meth:`forward` with activations recomputed in backward instead of kept, the same numbers.
 
-        The full-resolution front (stem, first LIF, first pool) is recomputed by :mod:`models.stem_recompute`, which
-        bounds its backward to three full-resolution tensors, where the neuron runs the fused path; with the other
-        neuron paths the stem and the first stage are plain checkpointed segments. Same numbers either way."""
+        Where the neurons run the fused path, each stage's LIF and pooling (and the stem, with the first) are
+        recomputed by :mod:`models.fire_recompute`, which bounds their backward to three tensors of the stage's input
+        size, and the stages' conv-BatchNorm by ``torch.utils.checkpoint`` (``models.activation_checkpoint``), except
+        two parts that keep their activations because those never add to the step's peak, the backward of the first
+        stage's LIF at full resolution: the first stage's conv-BatchNorm (its output is a quarter of the size of the
+        full-resolution tensors; recomputing it would cost about a tenth of the checkpointed step's extra time for
+        8-768) and the whole last stage (alive only while the blocks run, when the step holds far less).
+        docs/speed.md has the measurements. With the other neuron paths the stem and each stage but the last are
+        plain checkpointed segments."""
         if not torch.is_grad_enabled():
             return self(x)
-        first = self.stages[0]
-        if stem_recompute.supported(self, x):
-            x = checkpoint_module(first, stem_recompute.front(self, x), first.project)
-        else:
-            x = checkpoint_module(first, checkpoint_module(self, x, self.forward_stem))
-        return checkpoint_sequence(self.stages[1:], x)
+        first, last = self.stages[0], self.stages[-1]
+        if all(fire_recompute.supported(stage.lif, x) for stage in self.stages[:-1]):
+            x = first.project(fire_recompute.fire(first, x, stem=self))
+            for stage in self.stages[1:-1]:
+                x = checkpoint_module(stage, fire_recompute.fire(stage, x), stage.project)
+            return last(x)
+        x = checkpoint_module(first, checkpoint_module(self, x, self.forward_stem))
+        return checkpoint_sequence(self.stages[1:], x, plain_last=1)
 
 
 def attention_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -83,9 +83,11 @@ class SpikingformerModel(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True, tokenizer: bool = True) -> None:
-        """timm's switch: recompute each encoder block (and, with ``tokenizer``, the stem and each tokenizer stage) in
-        the backward pass instead of keeping its activations. Same loss, logits, gradients and BatchNorm statistics
-        as without (``models.activation_checkpoint``); only memory and time change. Evaluation is unaffected."""
+        """timm's switch: recompute the encoder blocks (and, with ``tokenizer``, the stem and the tokenizer stages) in
+        the backward pass instead of keeping their activations. Same loss, logits, gradients and BatchNorm statistics
+        as without (``models.activation_checkpoint``, ``models.fire_recompute``); only memory and time change.
+        Evaluation is unaffected. The last block keeps its activations (its backward runs first, so recomputing it
+        would only cost time), as do two parts of the tokenizer (:meth:`SpikingTokenizer.forward_checkpointed`)."""
         self.grad_checkpointing = bool(enable)
         self.grad_checkpointing_tokenizer = bool(enable and tokenizer)
 
@@ -112,8 +114,8 @@ class SpikingformerModel(nn.Module):
         """Model input -> output of the last block, ``[T, B, C, H', W']``."""
         x = self.to_time_major(x)
         x = self.patch_embed.forward_checkpointed(x) if self.grad_checkpointing_tokenizer else self.patch_embed(x)
-        if self.grad_checkpointing:
-            return checkpoint_sequence(self.block, x)
+        if self.grad_checkpointing:  # the last block's backward runs first: recomputing it would only cost time
+            return checkpoint_sequence(self.block, x, plain_last=1)
         for blk in self.block:
             x = blk(x)
         return x

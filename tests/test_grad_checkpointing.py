@@ -177,3 +177,38 @@ def test_a_training_run_with_the_flag_equals_one_without(tmp_path, monkeypatch):
                    for name in ('plain', 'ckpt'))
     for name, value in plain.items():
         assert _rel(ckpt[name], value) <= REL if value.is_floating_point() else torch.equal(ckpt[name], value), name
+
+
+def test_which_segments_are_recomputed(monkeypatch):
+    """What is recomputed and what keeps its activations (docs/speed.md): with the fused neuron path, the fire part
+    (LIF, pool) of every stage but the last by models.fire_recompute (the stem with the first), the conv-BatchNorm of
+    the middle stages and every block but the last by torch.utils.checkpoint; with the torch path, plain segments."""
+    import models.activation_checkpoint as activation_checkpoint
+    import models.layers as layers
+    from models import fire_recompute
+    record = load_reference('imagenet_style')
+    for backend in ('fused', 'torch'):
+        model = reference_model(record, backend)
+        model.set_grad_checkpointing(True)
+        recomputed, fires = [], []
+        names = {id(m): n for n, m in model.named_modules()}
+
+        def spy(real):
+            def checkpoint_module(module, x, function=None):
+                recomputed.append(names[id(module)] + ('' if function is None else '.' + function.__name__))
+                return real(module, x, function)
+            return checkpoint_module
+        monkeypatch.setattr(activation_checkpoint, 'checkpoint_module', spy(activation_checkpoint.checkpoint_module))
+        monkeypatch.setattr(layers, 'checkpoint_module', spy(layers.checkpoint_module))
+        real_fire = fire_recompute.fire
+        monkeypatch.setattr(fire_recompute, 'fire', lambda stage, x, stem=None: fires.append(
+            names[id(stage)] + ('+stem' if stem is not None else '')) or real_fire(stage, x, stem))
+        model.train()(record['input']).sum().backward()
+        monkeypatch.undo()
+        if backend == 'fused':
+            assert recomputed == ['patch_embed.stages.1.project', 'patch_embed.stages.2.project', 'block.0']
+            assert fires == ['patch_embed.stages.0+stem', 'patch_embed.stages.1', 'patch_embed.stages.2']
+        else:
+            assert recomputed == ['patch_embed.forward_stem', 'patch_embed.stages.0', 'patch_embed.stages.1',
+                                  'patch_embed.stages.2', 'block.0']
+            assert fires == []

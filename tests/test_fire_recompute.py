@@ -1,4 +1,4 @@
-"""models.stem_recompute: the checkpointed full-resolution front gives the plain model's numbers bit for bit (logits,
+"""models.fire_recompute: the checkpointed stages give the plain model's numbers bit for bit (logits,
 every gradient, the input's gradient, BatchNorm statistics), keeps only its input for backward, and is taken exactly
 where the neuron runs the fused path; the overwriting LIF backward and the in-place potentials it rests on equal the
 plain ones bit for bit."""
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import load_reference, reference_model
-from models import stem_recompute
+from models import fire_recompute
 from models.fused_lif import lif_backward, lif_forward
 
 
@@ -21,14 +21,15 @@ def _step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, amp_dtype=Non
     return out.detach()
 
 
-def _fronts_taken(monkeypatch) -> list:
+def _fires_taken(monkeypatch) -> list:
+    """Records, per call of models.fire_recompute.fire, whether it ran the stem too."""
     calls = []
-    real = stem_recompute.front
+    real = fire_recompute.fire
 
-    def spy(tokenizer, x):
-        calls.append(tuple(x.shape))
-        return real(tokenizer, x)
-    monkeypatch.setattr(stem_recompute, 'front', spy)
+    def spy(stage, x, stem=None):
+        calls.append(stem is not None)
+        return real(stage, x, stem)
+    monkeypatch.setattr(fire_recompute, 'fire', spy)
     return calls
 
 
@@ -65,9 +66,10 @@ def assert_bitwise_same_step(record: dict, amp_dtype=None, input_grad: bool = Fa
 def test_front_gives_the_plain_numbers_bit_for_bit(layout_reference, amp_dtype, monkeypatch):
     """Every published layout (ImageNet and DVS pool in the first stage, CIFAR does not), float32 and both autocast
     dtypes, two micro-batches; and the front is really the one that ran."""
-    calls = _fronts_taken(monkeypatch)
+    calls = _fires_taken(monkeypatch)
     assert_bitwise_same_step(layout_reference, amp_dtype)
-    assert len(calls) == 2  # one per micro-batch of the checkpointed model, none for the plain one
+    # per micro-batch of the checkpointed model (none for the plain one): the stem with the first stage, stages 2, 3
+    assert calls == [True, False, False] * 2
 
 
 def test_gradient_with_respect_to_the_input_and_a_frozen_stem():
@@ -78,14 +80,16 @@ def test_gradient_with_respect_to_the_input_and_a_frozen_stem():
 
 
 def test_front_keeps_only_its_input_for_backward():
-    """The point of it: nothing at full resolution is saved by the forward; the backward recomputes it."""
+    """The point of it: nothing at full resolution is saved by the forward; the backward recomputes it. The same for
+    a later stage: only its input is kept."""
     record = load_reference('imagenet_style')
     model = reference_model(record, 'fused').train()
     x = model.to_time_major(record['input'])
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = stem_recompute.front(model.patch_embed, x)
-    assert out.requires_grad and len(saved) == 1 and saved[0] is x
+        out = fire_recompute.fire(model.patch_embed.stages[0], x, stem=model.patch_embed)
+        later = fire_recompute.fire(model.patch_embed.stages[1], out)
+    assert out.requires_grad and later.requires_grad and len(saved) == 2 and saved[0] is x and saved[1] is out
     plain = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: plain.append(t) or t, lambda t: t):
         model.patch_embed.stages[0].fire(model.patch_embed.forward_stem(x))
@@ -93,16 +97,16 @@ def test_front_keeps_only_its_input_for_backward():
 
 
 @pytest.mark.parametrize('backend, taken', [('fused', True), ('auto', True), ('torch', False)])
-def test_front_is_taken_for_the_fused_neuron_path_only(backend, taken, monkeypatch):
+def test_taken_for_the_fused_neuron_path_only(backend, taken, monkeypatch):
     """The torch backend's backward is SpikingJelly's autograd graph, not the fused backward the front calls: there
-    the front stays a plain checkpointed segment (tests/test_grad_checkpointing.py checks its numbers)."""
+    the stages stay plain checkpointed segments (tests/test_grad_checkpointing.py checks its numbers)."""
     record = load_reference('imagenet_style')
     model = reference_model(record, backend)
     model.set_grad_checkpointing(True)
-    calls = _fronts_taken(monkeypatch)
+    calls = _fires_taken(monkeypatch)
     _step(model, record['input'], record['target'])
     assert bool(calls) is taken
-    assert stem_recompute.supported(model.patch_embed, record['input']) is taken
+    assert fire_recompute.supported(model.patch_embed.stages[0].lif, record['input']) is taken
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16, torch.float16])
