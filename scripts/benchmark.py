@@ -72,7 +72,7 @@ class _MallocInUse:
     def __init__(self):
         import ctypes
         import threading
-        self.available = False
+        self.available, self.label, self.by_label = False, None, {}
         try:
             libc = ctypes.CDLL('libc.so.6')
             fields = ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks',
@@ -93,11 +93,31 @@ class _MallocInUse:
 
     def _run(self) -> None:
         while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._read())
+            now = self._read()
+            self.peak = max(self.peak, now)
+            if self.label is not None:
+                where = self.label[0]
+                self.by_label[where] = max(self.by_label.get(where, 0), now)
 
     def restart(self) -> None:
         """From now on: the base is the bytes in use now, the peak starts there."""
         self.base = self.peak = self._read()
+        self.by_label = {}
+
+    def locate(self, model) -> None:
+        """Record, per module at most three levels deep, the peak while its forward or backward was the last to start
+        (forward and backward pre-hooks; :meth:`where` reports them)."""
+        self.label = ['before the first module']
+        for name, module in model.named_modules():
+            if name and name.count('.') <= 3:
+                module.register_forward_pre_hook(lambda m, i, n=name: self.label.__setitem__(0, 'forward ' + n))
+                module.register_full_backward_pre_hook(
+                    lambda m, g, n=name: self.label.__setitem__(0, 'backward ' + n))
+
+    def where(self, top: int = 5) -> list:
+        """The ``top`` modules with the highest step memory while they ran: [(label, MiB above the base)]."""
+        ranked = sorted(self.by_label.items(), key=lambda kv: -kv[1])[:top]
+        return [(label, (value - self.base) / 2 ** 20) for label, value in ranked]
 
     def stop(self) -> Optional[float]:
         """Peak minus the base, in MiB (None without mallinfo2)."""
@@ -183,6 +203,8 @@ def worker(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
     in_use = _MallocInUse() if device.type == 'cpu' else None
+    if args.locate_peak and in_use is not None and in_use.available:
+        in_use.locate(model)
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -201,6 +223,8 @@ def worker(args) -> dict:
         out['step_mib'] = in_use.stop()
         if out['step_mib'] is None:  # no mallinfo2 (not glibc): the resident figure is all there is
             out['step_mib'] = out['rss_step_mib']
+        elif args.locate_peak:
+            out['peak_where'] = in_use.where()
     return out
 
 
@@ -249,6 +273,8 @@ def main(argv=None):
     p.add_argument('--json', default=None, help='where to write the results (default: print only)')
     p.add_argument('--grad-checkpointing', choices=('off', 'on', 'both'), default='off',
                    help='activation checkpointing of the model; both = each path without and with, side by side')
+    p.add_argument('--locate-peak', action='store_true',
+                   help='CPU: also report during which module\'s forward or backward the step memory peaked')
     p.add_argument('--fit-batch-sizes', default=None,
                    help='two training batch sizes, e.g. 1,2: fit step memory = a + b * batch through them')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
@@ -283,6 +309,8 @@ def measure(args, setups, modes, batch_size: int) -> dict:
         forwarded += ['--T', str(args.T)]
     if args.img_size:
         forwarded += ['--img-size', str(args.img_size)]
+    if args.locate_peak:
+        forwarded += ['--locate-peak']
     runs = {(setup_name(*setup), mode): [] for mode in modes for setup in setups}
     for r in range(args.rounds):
         for mode in modes:
@@ -387,6 +415,11 @@ def report(args, runs: dict, modes, checkpointing) -> None:
               f"({row['step_ms_min']:.0f}-{row['step_ms_max']:.0f}) | {speed} | {row['peak_mib']:.0f} | "
               f"{row['step_mib']:.0f} | {memr} |{more}")
     print('\n' + '; '.join(notes) + '.')
+    for (name, mode), rs in runs.items():
+        where = rs[-1].get('peak_where')
+        if where:
+            print(f'\n{mode} {name}, step memory while each module ran (MiB, last round): '
+                  + ', '.join(f'{label} {mib:.0f}' for label, mib in where))
     rss = [row for row in rows if 'rss_step_mib' in row]
     if rss:  # CPU: the resident set, for the per-variant lines (see the module doc)
         print('\nRSS step MiB (peak resident set minus before the first step, the optimizer state included; it also '

@@ -1,5 +1,6 @@
 """scripts/benchmark.py on CPU: the allocated-bytes meter sees a known allocation and not what was held before it,
-and ``--grad-checkpointing both`` reports both settings side by side with their ratios (the figures themselves are
+and ``--grad-checkpointing both`` reports both settings side by side with their ratios, ``--locate-peak`` where
+the step memory peaked (the figures themselves are
 measurements for docs/speed.md, not asserted here)."""
 import importlib.util
 import json
@@ -35,7 +36,7 @@ def test_side_by_side_report(tmp_path):
     proc = subprocess.run([sys.executable, 'scripts/benchmark.py', '--model', 'spikingformer_cifar_4_256',
                            '--batch-size', '2', '--T', '1', '--img-size', '16', '--paths', 'fused', '--modes', 'train',
                            '--grad-checkpointing', 'both', '--rounds', '1', '--warmup', '1', '--steps', '1',
-                           '--threads', '1', '--json', str(out)], cwd=REPO, capture_output=True, text=True,
+                           '--threads', '1', '--locate-peak', '--json', str(out)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {row['path']: row for row in json.loads(out.read_text())['results']}
@@ -46,3 +47,7 @@ def test_side_by_side_report(tmp_path):
     assert ckpt['ckpt_mem'] == pytest.approx(ckpt['step_mib'] / plain['step_mib'])
     assert ckpt['ckpt_time'] == pytest.approx(ckpt['step_ms'] / plain['step_ms'])
     assert '| train | fused+ckpt |' in proc.stdout and 'time vs no ckpt' in proc.stdout
+    where = json.loads(out.read_text())['raw']['fused+ckpt/train'][0]['peak_where']
+    assert where and all(label.split()[0] in ('forward', 'backward') for label, _ in where)
+    assert max(mib for _, mib in where) <= ckpt['step_mib'] + 1  # each is a sample of the same step memory
+    assert 'train fused+ckpt, step memory while each module ran' in proc.stdout
