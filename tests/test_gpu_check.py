@@ -92,7 +92,9 @@ def test_summary_table(tmp_path, capsys):
     bench = dict(config=dict(model='spikingformer_8_768', batch_size=16, device='cuda', amp='fp16'),
                  raw={'torch/train': [dict(times=[0.5, 0.5])], 'fused/train': [dict(times=[0.25, 0.25])]},
                  results=[dict(mode='train', path='torch', img_s=32.0, speedup=1.0, peak_mib=30000.0),
-                          dict(mode='train', path='fused', img_s=64.0, speedup=2.0, peak_mib=15000.0)])
+                          dict(mode='train', path='fused', img_s=64.0, speedup=2.0, peak_mib=15000.0),
+                          dict(mode='train', path='fused+ckpt', img_s=48.0, speedup=1.5, peak_mib=9000.0,
+                               step_mib=4000.0, ckpt_mem=0.4, ckpt_time=1.333)])
     (out / 'bench_8_768_fp16.json').write_text(json.dumps(bench))
     (out / 'bench_not_run.txt').write_text('4_384_fp16\n')
     (out / 'bench_failed.txt').write_text('8_768_fp32\n')
@@ -103,6 +105,8 @@ def test_summary_table(tmp_path, capsys):
     assert '| test_bad | failed: ' in text and '| test_skipped[1] | skipped: needs 2 CUDA devices, found 1 |' in text
     assert ('| benchmark spikingformer_8_768, batch 16, amp fp16: train, fused | measured | 2 | 64.0 img/s, 2.00x '
             'torch, peak GPU 15,000 MiB |') in text
+    assert ('| benchmark spikingformer_8_768, batch 16, amp fp16: train, fused+ckpt | measured | 2 | 48.0 img/s, 1.50x '
+            'torch, peak GPU 9,000 MiB, step 4,000 MiB, 0.40x the step memory at 1.33x the time without |') in text
     assert '| benchmark 4_384_fp16 | not run: out of time |' in text
     assert '| benchmark 8_768_fp32 | failed or stopped: see bench_8_768_fp32.log |' in text
     main([str(out)])

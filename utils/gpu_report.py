@@ -82,9 +82,13 @@ def benchmark_rows(out_dir: str) -> list:
         seconds = sum(t for runs in bench['raw'].values() for run in runs for t in run['times'])
         for row in bench['results']:
             speed = f", {row['speedup']:.2f}x torch" if row.get('speedup') else ''
+            ckpt = ''
+            if row.get('ckpt_mem') and row.get('ckpt_time'):  # --grad-checkpointing both: against the same path without
+                ckpt = f", {row['ckpt_mem']:.2f}x the step memory at {row['ckpt_time']:.2f}x the time without"
+            step = f", step {row['step_mib']:,.0f} MiB" if row.get('step_mib') else ''
             rows.append((f"benchmark {config['model']}, batch {config['batch_size']}, amp {config['amp']}: "
                          f"{row['mode']}, {row['path']}", 'measured', f'{seconds:.0f}',
-                         f"{row['img_s']:.1f} img/s{speed}, peak {memory} {row['peak_mib']:,.0f} MiB"))
+                         f"{row['img_s']:.1f} img/s{speed}, peak {memory} {row['peak_mib']:,.0f} MiB{step}{ckpt}"))
     for listing, result in (('bench_failed.txt', 'failed or stopped: see bench_{}.log'),
                             ('bench_not_run.txt', 'not run: out of time')):
         path = os.path.join(out_dir, listing)
