@@ -63,6 +63,12 @@ MUTANTS = (
        'surrogate_function=surrogate.Sigmoid(alpha=2.)', 'tests/test_fast_lif.py', 'tests/test_models.py'),
     _m('model', 'reset-not-detached', 'models/neuron.py', 'detach_reset=True', 'detach_reset=False',
        'tests/test_fast_lif.py', 'tests/test_models.py'),
+    _m('model', 'checkpoint-stem-statistics-twice', 'models/fire_recompute.py',
+       'with torch.enable_grad(), _autocast(ctx.autocast), running_stats_kept(stem.stem_bn):',
+       'with torch.enable_grad(), _autocast(ctx.autocast):', 'tests/test_fire_recompute.py'),
+    _m('model', 'checkpoint-lif-mask-from-surrogate', 'models/fused_lif.py',
+       'not_fired = torch.lt(h_seq[:T - 1], v_threshold)  # bool, taken before h_seq becomes the surrogate',
+       'not_fired = torch.lt(h_seq[:T - 1].sigmoid(), v_threshold)', 'tests/test_fire_recompute.py'),
     # ---- data: what the loaders give
     _m('data', 'eval-ignores-crop-pct', 'utils/data/loaders.py', 'num_workers=cfg.workers, crop_pct=cfg.crop_pct, ',
        'num_workers=cfg.workers, ', 'tests/test_eval_transforms.py'),
