@@ -14,8 +14,7 @@ For one variant, batch size, device and number of time steps, measures for each 
   ``--grad-checkpointing both`` compares; it needs ``--warmup`` of at least 1 in training (AdamW creates its state in
   its first step).
 * peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set (``ru_maxrss``), and, as
-  "RSS step MiB", that peak minus the resident set just before the first step (the optimizer state included: the
-  figure the per-variant lines of ``--fit-batch-sizes`` and ``utils.training.memory_estimate`` rest on). The
+  "RSS step MiB", that peak minus the resident set just before the first step (the optimizer state included). The
   resident set also counts freed memory that glibc keeps for reuse, which is why the step memory is measured as
   allocated bytes.
 
@@ -338,15 +337,14 @@ def fit_memory(args) -> None:
     sizes = [int(b) for b in args.fit_batch_sizes.split(',')]
     if len(sizes) != 2 or sizes[0] == sizes[1]:
         sys.exit('--fit-batch-sizes takes two different batch sizes, e.g. 1,2')
+    if args.warmup < 1:  # AdamW creates its state in its first step, which is not step memory
+        sys.exit('--fit-batch-sizes needs --warmup 1 or more: the step memory is measured after a first step')
     path = (args.paths or 'fused').split(',')[0]
     checkpointing = {'off': [False], 'on': [True], 'both': [False, True]}[args.grad_checkpointing]
     fits = {}
     for ckpt in checkpointing:
         name = setup_name(path, ckpt)
-        # the resident figure on CPU (the optimizer state included: what utils.training.memory_estimate adds to the
-        # weights), the allocated one on CUDA
-        step = [statistics.median(r.get('rss_step_mib', r['step_mib'])
-                                  for r in measure(args, [(path, ckpt)], ['train'], b)[(name, 'train')])
+        step = [statistics.median(r['step_mib'] for r in measure(args, [(path, ckpt)], ['train'], b)[(name, 'train')])
                 for b in sizes]
         b = (step[1] - step[0]) / (sizes[1] - sizes[0])
         fits[name] = dict(a_mib=step[0] - b * sizes[0], b_mib=b, step_mib=dict(zip(sizes, step)))

@@ -34,6 +34,18 @@ def test_the_estimate_follows_batch_time_steps_and_checkpointing():
     assert memory.estimate_step_mib(_cfg('--embed-dims', '32')) is None  # not a published architecture: no guess
 
 
+def test_the_estimate_holds_the_weights_the_optimizer_state_and_the_ema():
+    """Between steps a run holds the weights, AdamW's two tensors per weight (SGD's one) and, with an EMA, one more."""
+    weights = memory.weights_mib(VARIANT)
+    T0, side, a, b, a_ckpt, b_ckpt = memory.MEASURED[VARIANT]
+    adamw = memory.estimate_step_mib(_cfg('--batch-size', '8', '--no-amp', '--opt', 'adamw'))
+    assert adamw == pytest.approx(a + 8 * b + 3 * weights)
+    assert memory.estimate_step_mib(_cfg('--batch-size', '8', '--no-amp', '--opt', 'sgd')) == pytest.approx(
+        adamw - weights)
+    assert memory.estimate_step_mib(_cfg('--batch-size', '8', '--no-amp', '--model-ema')) == pytest.approx(
+        adamw + weights)
+
+
 def test_cpu_free_memory_is_read():
     assert 0 < memory.free_memory_mib(torch.device('cpu')) < 2 ** 30
     assert memory.free_memory_mib(torch.device('cpu'), 4) == pytest.approx(

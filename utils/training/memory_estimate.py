@@ -1,13 +1,16 @@
 """How much memory one training step needs, estimated before the first batch, and the refusal when it cannot fit.
 
-The estimate is a straight line per published variant, ``step memory = a + b * batch`` (MiB), measured with
-``scripts/benchmark.py --fit-batch-sizes 1,2`` on CPU in float32 with the fused neuron path, without and with
-``--grad-checkpointing`` (docs/speed.md has the table and the command). "Step memory" is what the first training step
-adds to the process after the model is built: gradients, the AdamW state and the activations (the weights themselves
-are added here from the parameter count). ``a`` holds what does not grow with the batch (gradients, optimizer state,
-buffers), ``b`` the activations of one image, which grow linearly with the time steps and the number of pixels, so
-another ``T`` or image size scales ``b`` by ``T / T0 * (size / size0) ** 2``. Under autocast (bf16/fp16) the
-activation term is multiplied by :data:`AMP_ACTIVATION_FACTOR`, measured the same way with bf16 on CPU.
+The estimate is what a run holds between steps plus what one step adds:
+
+* between steps: the weights (float32, 4 bytes per parameter), the optimizer's state (AdamW and the other Adam-like
+  optimizers keep two tensors per weight, SGD with momentum one) and, with ``--model-ema``, one more copy;
+* the step: a straight line per published variant, ``step memory = a + b * batch`` (MiB), measured with
+  ``scripts/benchmark.py --fit-batch-sizes 1,2`` on CPU in float32 with the fused neuron path, without and with
+  ``--grad-checkpointing`` (docs/speed.md has the table and the command): the peak memory allocated during a step
+  above what the run held before it, i.e. activations, gradients and temporaries. ``a`` holds what does not grow with
+  the batch (mostly the gradients), ``b`` the activations of one image, which grow linearly with the time steps and
+  the number of pixels, so another ``T`` or image size scales ``b`` by ``T / T0 * (size / size0) ** 2``. Under
+  autocast (bf16/fp16) ``b`` is multiplied by :data:`AMP_ACTIVATION_FACTOR`, measured the same way with bf16 on CPU.
 
 These are estimates from CPU measurements: a GPU adds its CUDA context and allocator slack (:data:`CUDA_OVERHEAD_MIB`)
 and its kernels keep other temporaries. So the check refuses only a run whose estimate exceeds the free memory, never
@@ -24,18 +27,19 @@ from utils.config import Config
 from utils.errors import UserError
 
 MIB = 2 ** 20
-# variant: (T, image side, a, b, a with checkpointing, b with checkpointing), a and b in MiB (CPU, float32, fused LIF;
-# measured at batch 1 and 2 for ImageNet and DVS, 8 and 16 for CIFAR: docs/speed.md)
+# variant: (T, image side, a, b, a with checkpointing, b with checkpointing), a and b in MiB: the step memory as
+# allocated above what the run holds between steps (CPU, float32, fused LIF; measured at batch 1 and 2 for ImageNet
+# and DVS, 8 and 16 for CIFAR: docs/speed.md)
 MEASURED = {
-    'spikingformer_8_384': (4, 224, 31, 763.4, 90, 482.3),
-    'spikingformer_8_512': (4, 224, 267, 844.4, 212, 601.2),
-    'spikingformer_8_768': (4, 224, 171, 1344.7, 443, 653.4),
-    'spikingformer_cifar_4_256': (4, 32, 19, 61.4, 23, 31.9),
-    'spikingformer_cifar_2_384': (4, 32, 37, 62.1, 122, 34.0),
-    'spikingformer_cifar_4_384': (4, 32, 68, 85.7, 22, 54.3),
-    'spikingformer_dvs_2_256': (16, 128, 49, 344.9, 97, 226.9),
+    'spikingformer_8_384': (4, 224, 4, 539.7, 65, 121.7),
+    'spikingformer_8_512': (4, 224, 7, 719.9, 114, 161.5),
+    'spikingformer_8_768': (4, 224, 13, 1081.6, 254, 241.2),
+    'spikingformer_cifar_4_256': (4, 32, 1, 47.8, 8, 19.4),
+    'spikingformer_cifar_2_384': (4, 32, 3, 49.9, 9, 28.7),
+    'spikingformer_cifar_4_384': (4, 32, 3, 72.0, 23, 28.7),
+    'spikingformer_dvs_2_256': (16, 128, -3, 298.5, 6, 108.0),
 }
-AMP_ACTIVATION_FACTOR = 0.73  # 8-768, bf16 on CPU: 988 MiB per image against 1345 in float32
+AMP_ACTIVATION_FACTOR = 0.77  # 8-768, bf16 on CPU: 837 MiB per image against 1082 in float32
 CUDA_OVERHEAD_MIB = 600  # CUDA context and allocator slack, a rough allowance
 
 
@@ -44,8 +48,8 @@ class MemoryEstimateError(UserError):
 
 
 def estimate_step_mib(cfg: Config) -> Optional[float]:
-    """The estimated memory of one training step of ``cfg`` per process (MiB), weights included; None when the model
-    is not one of :data:`MEASURED` as published (architecture overrides change the line)."""
+    """The estimated memory of one training step of ``cfg`` per process (MiB), weights and optimizer state included;
+    None when the model is not one of :data:`MEASURED` as published (architecture overrides change the line)."""
     if cfg.model not in MEASURED or any(getattr(cfg, k) is not None for k in ('embed_dims', 'depths', 'num_heads')):
         return None
     T0, side0, a, b, a_ckpt, b_ckpt = MEASURED[cfg.model]
@@ -55,7 +59,15 @@ def estimate_step_mib(cfg: Config) -> Optional[float]:
     b = b * cfg.time_steps / T0 * (side / side0) ** 2
     if cfg.amp:
         b *= AMP_ACTIVATION_FACTOR
-    return a + b * cfg.batch_size + weights_mib(cfg.model)
+    weights = weights_mib(cfg.model)
+    return a + b * cfg.batch_size + weights * (1 + optimizer_copies(cfg) + bool(cfg.model_ema))
+
+
+def optimizer_copies(cfg: Config) -> int:
+    """How many weight-sized tensors the optimizer keeps: one for timm's SGD family (``sgd``, ``momentum``,
+    ``nesterov``: momentum 0.9 in ``create_optimizer_v2``), two for AdamW and every other optimizer (Adam-like ones
+    keep two; for the rest it errs on the large side)."""
+    return 1 if cfg.opt.lower().split('_')[-1] in ('sgd', 'momentum', 'nesterov') else 2
 
 
 def weights_mib(model: str) -> float:
