@@ -129,9 +129,9 @@ class SpikingTokenizer(nn.Module):
         recomputed by :mod:`models.fire_recompute`, which bounds their backward to three tensors of the stage's input
         size, and the stages' conv-BatchNorm by ``torch.utils.checkpoint`` (``models.activation_checkpoint``), except
         two parts that keep their activations because those never add to the step's peak, the backward of the first
-        stage's LIF at full resolution: the first stage's conv-BatchNorm (its output is a quarter of the size of the
-        full-resolution tensors; recomputing it would cost about a tenth of the checkpointed step's extra time for
-        8-768) and the whole last stage (alive only while the blocks run, when the step holds far less).
+        stage's LIF at full resolution: the first stage's conv-BatchNorm (it keeps one tensor half the size of a
+        full-resolution one, and its convolution is the costliest of the tokenizer, 0.26 s of an 8-768 step on
+        CPU) and the whole last stage (alive only while the blocks run, when the step holds less).
         docs/speed.md has the measurements. With the other neuron paths the stem and each stage but the last are
         plain checkpointed segments."""
         if not torch.is_grad_enabled():
