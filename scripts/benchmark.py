@@ -334,11 +334,15 @@ def measure(args, setups, modes, batch_size: int) -> dict:
 
 def fit_memory(args) -> None:
     """Training step memory of each checkpointing setting at two batch sizes, and the line through them."""
-    sizes = [int(b) for b in args.fit_batch_sizes.split(',')]
-    if len(sizes) != 2 or sizes[0] == sizes[1]:
-        sys.exit('--fit-batch-sizes takes two different batch sizes, e.g. 1,2')
+    from utils.errors import UserError
+    try:
+        sizes = [int(b) for b in args.fit_batch_sizes.split(',')]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 2 or sizes[0] == sizes[1] or min(sizes) < 1:
+        raise UserError(f'--fit-batch-sizes {args.fit_batch_sizes}: give two different batch sizes, e.g. 1,2')
     if args.warmup < 1:  # AdamW creates its state in its first step, which is not step memory
-        sys.exit('--fit-batch-sizes needs --warmup 1 or more: the step memory is measured after a first step')
+        raise UserError('--fit-batch-sizes needs --warmup 1 or more: the step memory is measured after a first step')
     path = (args.paths or 'fused').split(',')[0]
     checkpointing = {'off': [False], 'on': [True], 'both': [False, True]}[args.grad_checkpointing]
     fits = {}

@@ -51,3 +51,12 @@ def test_side_by_side_report(tmp_path):
     assert where and all(label.split()[0] in ('forward', 'backward') for label, _ in where)
     assert max(mib for _, mib in where) <= ckpt['step_mib'] + 1  # each is a sample of the same step memory
     assert 'train fused+ckpt, step memory while each module ran' in proc.stdout
+
+
+@pytest.mark.parametrize('argv, says', [(['--fit-batch-sizes', '1,2', '--warmup', '0'], '--warmup 1 or more'),
+                                        (['--fit-batch-sizes', '2,2'], 'two different batch sizes'),
+                                        (['--fit-batch-sizes', 'a,b'], 'two different batch sizes')])
+def test_a_fit_that_cannot_measure_is_refused(argv, says):
+    proc = subprocess.run([sys.executable, 'scripts/benchmark.py', '--model', 'spikingformer_cifar_4_256', *argv],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and says in proc.stderr and 'Traceback' not in proc.stderr
