@@ -26,7 +26,7 @@ Every (path, mode) is measured in a fresh child process (so peak memory is that 
 or warm cache carries over), after ``--warmup`` untimed steps, and the paths are interleaved over ``--rounds`` rounds
 (A B A B ...) so that a machine whose speed drifts (shared CPUs) affects every path alike; the reported figure is the
 median of all timed steps of all rounds. Prints a markdown table with the speed-up over the 'torch' backend and
-writes every raw timing to JSON.
+writes every raw timing to JSON (``--json``: a new file; an existing one is refused before anything is measured).
 
 ``--grad-checkpointing both`` measures every path without and with activation checkpointing
 (``model.set_grad_checkpointing``) side by side, and adds each row's step time and step memory relative to the same
@@ -286,6 +286,8 @@ def main(argv=None):
         print('RESULT ' + json.dumps(worker(args)), flush=True)
         return
 
+    if args.json:
+        check_json_path(args.json)
     if args.fit_batch_sizes:
         return fit_memory(args)
     paths = args.paths.split(',') if args.paths else available_paths(args.device)
@@ -293,6 +295,34 @@ def main(argv=None):
     checkpointing = {'off': [False], 'on': [True], 'both': [False, True]}[args.grad_checkpointing]
     runs = measure(args, [(p, c) for p in paths for c in checkpointing], modes, args.batch_size)
     report(args, runs, modes, checkpointing)
+
+
+def check_json_path(path: str) -> None:
+    """Before measuring: ``--json`` must name a new file in an existing folder (results already saved are never
+    overwritten, and a wrong path is found before minutes of measuring, not after)."""
+    from utils.errors import UserError
+    if os.path.lexists(path):
+        raise UserError(f'--json {path} exists: pass a new file name (earlier results are not overwritten)')
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f'--json {path}: the folder {folder} does not exist')
+
+
+def save_json(path: str, data: dict) -> None:
+    """Write ``data`` to the new file ``path``, created exclusively (a file another run created meanwhile, or a link
+    put there, is left as it is), completely or not at all (a failed write removes it)."""
+    from utils.errors import UserError
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise UserError(f'--json {path} appeared while measuring (another run?); it was left as it is and these '
+                        f'results, printed above, were not saved') from None
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(data, f, indent=1)
+    except BaseException:
+        os.remove(path)
+        raise
 
 
 def setup_name(path: str, checkpointing: bool) -> str:
@@ -356,9 +386,8 @@ def fit_memory(args) -> None:
               f'{step[0]:.0f} MiB at batch {sizes[0]}, {step[1]:.0f} MiB at batch {sizes[1]}: '
               f'{fits[name]["a_mib"]:.0f} + {b:.1f} * batch MiB', flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(model=args.model, T=args.T, img_size=args.img_size,
-                                                   device=args.device, amp=args.amp, path=path, fits=fits,
-                                                   machine=machine(args.device)), indent=1))
+        save_json(args.json, dict(model=args.model, T=args.T, img_size=args.img_size, device=args.device,
+                                  amp=args.amp, path=path, fits=fits, machine=machine(args.device)))
 
 
 def report(args, runs: dict, modes, checkpointing) -> None:
@@ -431,7 +460,7 @@ def report(args, runs: dict, modes, checkpointing) -> None:
     if args.json:
         out = dict(config=config, machine=machine(args.device), results=rows,
                    raw={f'{p}/{m}': v for (p, m), v in runs.items()})
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        save_json(args.json, out)
         print(f'\nwrote {args.json}')
 
 

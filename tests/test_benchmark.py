@@ -60,3 +60,22 @@ def test_a_fit_that_cannot_measure_is_refused(argv, says):
     proc = subprocess.run([sys.executable, 'scripts/benchmark.py', '--model', 'spikingformer_cifar_4_256', *argv],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and says in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_results_already_saved_are_never_overwritten(tmp_path):
+    """An existing --json is refused before anything is measured; one that appears while measuring (another run) is
+    left as it is, and a failed write leaves no half file."""
+    saved = tmp_path / 'earlier.json'
+    saved.write_text('{"kept": true}')
+    proc = subprocess.run([sys.executable, 'scripts/benchmark.py', '--json', str(saved)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'exists' in proc.stderr and 'Traceback' not in proc.stderr
+    from utils.errors import UserError
+    with pytest.raises(UserError, match='appeared while measuring'):
+        benchmark.save_json(str(saved), {'new': 1})
+    assert saved.read_text() == '{"kept": true}'
+    with pytest.raises(TypeError):
+        benchmark.save_json(str(tmp_path / 'half.json'), {'not json': object()})
+    assert not (tmp_path / 'half.json').exists()
+    benchmark.save_json(str(tmp_path / 'new.json'), {'new': 1})
+    assert json.loads((tmp_path / 'new.json').read_text()) == {'new': 1}
