@@ -111,6 +111,42 @@ def test_model_paths(record, reference, path, amp):
     assert not failures, failures
 
 
+@pytest.mark.parametrize('backend,amp', [('fused', None), ('fused', torch.float16), ('auto', torch.float16)])
+def test_grad_checkpointing_equals_plain(record, backend, amp):
+    """--grad-checkpointing on the device: one step of a small ImageNet-layout model (the recomputed full-resolution
+    front of models.fire_recompute, cuDNN's BatchNorm backward) equals the plain step to relative 1e-6, BatchNorm
+    statistics exactly; 'auto' takes CuPy where it imports, and with it the plain checkpointed segments."""
+    import copy
+
+    import timm
+    _skip_without_cupy(backend)
+    deterministic = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # the same kernels twice
+    try:
+        torch.manual_seed(0)
+        plain = timm.create_model('spikingformer_8_384', backend=backend, embed_dims=32, num_heads=2, depths=2, T=2,
+                                  img_size_h=64, img_size_w=64).to(DEVICE).train()
+        checkpointed = copy.deepcopy(plain)
+        checkpointed.set_grad_checkpointing(True)
+        x, y = torch.randn(4, 3, 64, 64, device=DEVICE), torch.randint(0, 1000, (4,), device=DEVICE)
+        logits = []
+        for model in (plain, checkpointed):
+            with torch.autocast(DEVICE.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = model(x)
+            torch.nn.functional.cross_entropy(out.float(), y).backward()
+            logits.append(out.detach().float())
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+    grad_err = max(rel(c.grad, p.grad) for p, c in zip(plain.parameters(), checkpointed.parameters()))
+    buffers_equal = all(torch.equal(a, b) for a, b in zip(plain.buffers(), checkpointed.buffers()))
+    record([dict(backend=backend, amp=str(amp).replace('torch.', ''), logits_rel_err=rel(logits[1], logits[0]),
+                 grad_max_rel_err=grad_err, batchnorm_statistics_equal=buffers_equal)])
+    assert rel(logits[1], logits[0]) <= 1e-6 and grad_err <= 1e-6 and buffers_equal
+
+
 @pytest.mark.parametrize('layout', list(LAYOUT_CONFIGS))
 def test_float16_training_steps_per_layout(record, layout):
     """8 optimizer steps of a tiny model of each tokenizer layout under float16 autocast with the gradient scaler
