@@ -1,7 +1,7 @@
-"""models.fire_recompute: the checkpointed stages give the plain model's numbers bit for bit (logits,
-every gradient, the input's gradient, BatchNorm statistics), keeps only its input for backward, and is taken exactly
-where the neuron runs the fused path; the overwriting LIF backward and the in-place potentials it rests on equal the
-plain ones bit for bit."""
+"""models.fire_recompute: the stages it recomputes give the plain model's numbers bit for bit (logits, every
+gradient, the input's gradient, BatchNorm statistics), it keeps only each stage's input for backward and it runs
+exactly where the neuron runs the fused path; the overwriting LIF backward and the in-place potentials it rests on
+equal the plain ones bit for bit."""
 import copy
 
 import pytest
@@ -65,7 +65,7 @@ def assert_bitwise_same_step(record: dict, amp_dtype=None, input_grad: bool = Fa
 @pytest.mark.parametrize('amp_dtype', [None, torch.bfloat16, torch.float16], ids=['fp32', 'bf16', 'fp16'])
 def test_front_gives_the_plain_numbers_bit_for_bit(layout_reference, amp_dtype, monkeypatch):
     """Every published layout (ImageNet and DVS pool in the first stage, CIFAR does not), float32 and both autocast
-    dtypes, two micro-batches; and the front is really the one that ran."""
+    dtypes, two micro-batches; and models.fire_recompute is really what ran."""
     calls = _fires_taken(monkeypatch)
     assert_bitwise_same_step(layout_reference, amp_dtype)
     # per micro-batch of the checkpointed model (none for the plain one): the stem with the first stage, stages 2, 3
