@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import models
-from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, write_cifar10
+from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, tiny_cifar_run
 from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 from utils.training.main import train_main
 
@@ -17,10 +17,8 @@ from utils.training.main import train_main
 def trained(tmp_path_factory):
     """A 1-epoch run of a tiny model on synthetic CIFAR-10, and its last.pth.tar as loaded."""
     root = tmp_path_factory.mktemp('checkpoint_validation')
-    data = write_cifar10(root / 'cifar')
+    data, run_dir = tiny_cifar_run(root, epochs=1)
     base = ['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE
-    run_dir = root / 'run'
-    train_main(base + ['--epochs', '1', '--output', str(run_dir)])
     good = torch.load(run_dir / 'last.pth.tar', weights_only=True)
     return dict(root=root, base=base, run=run_dir, good=good)
 

@@ -15,7 +15,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
 from helpers import CIFAR10_YML, SCHEDULE, TINY, CountingEma, write_cifar10
-from test_grad_accum import B, MODEL_ARGS, FrozenBatchNormStatistics, batches
+from test_grad_accum import B, batches, setup  # noqa: F401 (setup: the module fixture, shared)
 from utils.config import load_config
 from utils.training import main as main_module
 from utils.training.engine import train_loss_fn, train_one_epoch
@@ -80,14 +80,6 @@ def test_accumulation_steps_the_ema_once_per_optimizer_step_in_a_run(data, tmp_p
                 '--grad-accum-steps', '2', '--limit-train-batches', '3', '--model-ema'] + TINY + SCHEDULE)
     assert [r['steps'] for r in results] == [2] and len(updates) == 2
     assert results[0]['samples'] == 3 * 16
-
-
-@pytest.fixture(scope='module')
-def setup():
-    torch.manual_seed(0)
-    model = FrozenBatchNormStatistics(build_model(load_config(MODEL_ARGS)))
-    images, targets = torch.randn(5 * B, 3, 16, 16), torch.randint(0, 10, (5 * B,))
-    return model, images, targets
 
 
 def sgd_epoch(model, loader, **kwargs):

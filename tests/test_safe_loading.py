@@ -12,7 +12,7 @@ import timm
 import torch
 
 import models
-from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, run, write_cifar10
+from helpers import CIFAR10_YML, SCHEDULE, TINY, load_script, refused, run, tiny_cifar_run, write_cifar10
 from utils.training.main import test_main as evaluate_main  # not named test_* (pytest would collect it)
 from utils.training.main import train_main
 
@@ -31,10 +31,8 @@ class Payload:
 def trained(tmp_path_factory):
     """A 1-epoch run of a tiny model, and a copy of its last.pth.tar with a payload beside the weights."""
     root = tmp_path_factory.mktemp('safe_loading')
-    data = write_cifar10(root / 'cifar')
+    data, run_dir = tiny_cifar_run(root, epochs=1)
     base = ['--config', CIFAR10_YML, '--data-dir', str(data)] + TINY + SCHEDULE
-    run_dir = root / 'run'
-    train_main(base + ['--epochs', '1', '--output', str(run_dir)])
     good = torch.load(run_dir / 'last.pth.tar', weights_only=True)
     return dict(root=root, data=data, base=base, run=run_dir, good=good)
 
@@ -157,7 +155,6 @@ def test_a_cifar_batch_with_a_payload_is_refused(tmp_path, capsys):
 def test_a_frame_cache_file_with_a_payload_is_refused(tmp_path):
     """SpikingJelly loads cached frames with allow_pickle=True; this project's loader does not."""
     from utils.data.dvs_data import load_frames
-    from utils.errors import DataError  # noqa: F401  (what DVSFrames turns the ValueError into)
     marker = tmp_path / 'pwned'
     path = tmp_path / 'frames.npz'
     np.savez(path, frames=np.array([Payload(marker)], dtype=object))
